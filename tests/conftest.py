@@ -1,0 +1,32 @@
+"""Shared test setup: markers that skip with a reason, small thread counts, golden paths."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# The golden vectors live beside the repository checkout (../shared/golden); FERTK_GOLDEN overrides.
+GOLDEN = Path(os.environ.get("FERTK_GOLDEN", REPO.parent / "shared" / "golden"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_cuda = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device; none visible to torch"))
+        if "trt" in item.keywords and not (has_trt and has_cuda):
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA device"))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The golden-vector folder, or skip when this checkout has none beside it."""
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden vectors not found at {GOLDEN} (set FERTK_GOLDEN)")
+    return GOLDEN

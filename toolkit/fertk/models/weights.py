@@ -1,0 +1,104 @@
+"""Safe weight files: read state dicts from safetensors or `weights_only` torch archives, and
+load them into modules with one-line errors naming missing / unexpected / mis-shaped keys."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from fertk.errors import CheckpointError, UnsafeFileError
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat {name: tensor} mapping from .safetensors or a torch archive (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"weights file is empty: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({exc})"
+            ) from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(
+            f"refusing to load {path}: it needs code execution to unpickle ({_first_line(exc)})",
+            hint="convert it to safetensors with the code that made it, or use a .pkl reader fertk supports",
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})"
+        ) from None
+    return _flatten_state(obj, path)
+
+
+def _flatten_state(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    # Accept a bare state dict, or the common wrappers {"state_dict": ...} / {"model": ...}.
+    if isinstance(obj, Mapping):
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        for key in ("state_dict", "model", "G_ema", "G"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return dict(inner)
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def load_into(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str | Path,
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Copy `state` into `module` strictly; raise one CheckpointError listing every mismatch.
+
+    Keys ending with a name in `ignore` may be absent or extra (e.g. buffers a format omits).
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith(ignore)]
+    unexpected = [k for k in state if k not in own and not k.endswith(ignore)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch: {_preview(shapes)}")
+        raise CheckpointError(
+            f"{source} does not match {type(module).__name__}: " + "; ".join(parts),
+            hint="check the architecture options (e.g. --config / variant) match the weights",
+        )
+    filtered = {k: v for k, v in state.items() if k in own}
+    module.load_state_dict(filtered, strict=False)
+
+
+def _preview(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
