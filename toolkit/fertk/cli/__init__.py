@@ -38,6 +38,7 @@ def _root(
 
 # Each module registers its commands on `app` when imported.
 from fertk.cli import info as _info  # noqa: E402,F401
+from fertk.cli import train as _train  # noqa: E402,F401
 
 
 def main() -> None:
