@@ -34,3 +34,43 @@ class FaceRecord:
         if self.path is not None:
             return str(self.path)
         return f"{self.source}:{self.subject}:{self.meta.get('index', '')}"
+
+
+@dataclass
+class FaceArrays:
+    """A dataset in memory: preprocessed uint8 faces with integer labels over `classes`.
+
+    images: [N, H, W] (gray) or [N, H, W, 3] uint8; labels: [N] int64 indices into classes;
+    subjects / sources / keys: per-sample strings (subject ids drive disjoint splits).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    subjects: np.ndarray
+    sources: np.ndarray
+    keys: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if not (len(self.labels) == len(self.subjects) == len(self.sources) == n):
+            raise ValueError("FaceArrays fields must have the same length")
+        if self.images.dtype != np.uint8:
+            raise ValueError(f"FaceArrays images must be uint8, got {self.images.dtype}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> "FaceArrays":
+        """Rows selected by an integer or boolean index."""
+        index = np.asarray(index)
+        keys = [self.keys[i] for i in np.flatnonzero(index)] if index.dtype == bool else [
+            self.keys[i] for i in index] if self.keys else []
+        return FaceArrays(self.images[index], self.labels[index], self.classes,
+                          self.subjects[index], self.sources[index], keys, dict(self.meta))
+
+    def class_counts(self) -> dict[str, int]:
+        """Samples per class name."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
