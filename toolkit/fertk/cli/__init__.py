@@ -39,6 +39,7 @@ def _root(
 # Each module registers its commands on `app` when imported.
 from fertk.cli import info as _info  # noqa: E402,F401
 from fertk.cli import train as _train  # noqa: E402,F401
+from fertk.cli import models as _models  # noqa: E402,F401
 
 
 def main() -> None:
