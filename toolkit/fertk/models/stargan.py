@@ -1,0 +1,518 @@
+"""StarGAN (Choi et al. 2018): the expression translator G and the PatchGAN critic D, in the
+state-dict layout of the official yunjey/stargan code, so its `{iter}-G.ckpt` files load as is.
+
+Normalisation. Every InstanceNorm in G is affine and tracks running stats (five state-dict
+entries each). The official test path never calls eval(), so its outputs are normalised with the
+statistics of each sample; the stored running stats never shape an output. Here that choice is
+explicit: `norm_mode="instance"` (default) normalises with per-sample statistics whether the
+module is in train or eval mode, so `model.eval()` (which exporters and users call) keeps the
+official output and exports as ONNX InstanceNormalization. `norm_mode="running"` uses the stored
+running stats instead, reproducing what the official model gives in eval mode (almost flat images
+from a fresh model); it exists to compare against that behaviour, not to train.
+
+Running stats are still kept up to date by training: a train-mode forward that records gradients
+updates them (momentum 0.1, as the official code does), so saved checkpoints carry sensible
+values. A forward under no_grad / inference_mode never touches a buffer, whatever the mode.
+
+Expression intensity. The label vector c is tiled over the image and concatenated to it, so G
+accepts any real-valued c. `StarGANGenerator.translate(x, target, source=None, alpha=1.0)` feeds
+c = alpha * onehot(target) + (1 - alpha) * source, where source defaults to the neutral one-hot
+when the label set has neutral and to zeros otherwise: alpha 1 is the trained expression, 0 the
+source (neutral) face, values between give graded expressions (alpha > 1 extrapolates, outside
+the trained range).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fertk.emotions import EKMAN, NEUTRAL, STARGAN_AUTHORS_ORDER, normalize_emotion
+from fertk.errors import CheckpointError, InvalidInputError
+from fertk.models.registry import ModelCard, register_model, sha256_file
+from fertk.models.weights import load_into, read_state_dict
+
+NORM_MODES = ("instance", "running")
+# safetensors metadata key holding the JSON config of a fertk-written StarGAN file.
+META_KEY = "fertk"
+
+
+def default_classes(c_dim: int) -> tuple[str, ...] | None:
+    """Label order implied by c_dim: the authors' 7 (with neutral), the 6 Ekman, else unknown."""
+    if c_dim == len(STARGAN_AUTHORS_ORDER):
+        return STARGAN_AUTHORS_ORDER
+    if c_dim == len(EKMAN):
+        return EKMAN
+    return None
+
+
+@dataclass
+class StarGANConfig:
+    """Generator architecture, label order and normalisation mode."""
+
+    conv_dim: int = 64                      # channels after the first 7x7 conv
+    c_dim: int = 7                          # number of domain labels
+    repeat_num: int = 6                     # residual blocks at the bottleneck
+    norm_mode: str = "instance"             # "instance" (per-sample stats) | "running"
+    classes: tuple[str, ...] | None = None  # label order; None: implied by c_dim
+    image_size: int = 128                   # trained resolution (G is fully convolutional: any multiple of 4 runs)
+
+    def __post_init__(self) -> None:
+        if self.norm_mode not in NORM_MODES:
+            raise InvalidInputError(f"unknown norm_mode {self.norm_mode!r}", hint="choose instance or running")
+        if self.conv_dim < 1 or self.c_dim < 1 or self.repeat_num < 0:
+            raise InvalidInputError(
+                f"bad StarGAN generator config conv_dim={self.conv_dim} c_dim={self.c_dim} "
+                f"repeat_num={self.repeat_num}")
+        if self.image_size < 4 or self.image_size % 4 != 0:
+            raise InvalidInputError(f"StarGAN image_size must be a positive multiple of 4, got {self.image_size}")
+        self.classes = _check_classes(self.classes, self.c_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        data = asdict(self)
+        data["classes"] = list(self.classes) if self.classes else None
+        return data
+
+
+@dataclass
+class StarGANDiscriminatorConfig:
+    """Critic architecture: input size, width, labels, number of stride-2 convs."""
+
+    image_size: int = 128                   # input side; the class head's kernel is image_size / 2^repeat_num
+    conv_dim: int = 64                      # channels after the first conv (doubled per conv)
+    c_dim: int = 7                          # number of domain labels
+    repeat_num: int = 6                     # stride-2 4x4 convs
+    classes: tuple[str, ...] | None = None  # label order; None: implied by c_dim
+
+    def __post_init__(self) -> None:
+        if self.conv_dim < 1 or self.c_dim < 1 or self.repeat_num < 1:
+            raise InvalidInputError(
+                f"bad StarGAN discriminator config conv_dim={self.conv_dim} c_dim={self.c_dim} "
+                f"repeat_num={self.repeat_num}")
+        if self.image_size < 2 ** self.repeat_num or self.image_size % (2 ** self.repeat_num) != 0:
+            raise InvalidInputError(
+                f"image_size {self.image_size} is not divisible by 2^repeat_num = {2 ** self.repeat_num}")
+        self.classes = _check_classes(self.classes, self.c_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        data = asdict(self)
+        data["classes"] = list(self.classes) if self.classes else None
+        return data
+
+
+def _check_classes(classes: Sequence[str] | None, c_dim: int) -> tuple[str, ...] | None:
+    if classes is None:
+        return default_classes(c_dim)
+    out = tuple(normalize_emotion(str(c)) for c in classes)
+    if len(out) != c_dim:
+        raise InvalidInputError(f"{len(out)} class names given for c_dim {c_dim}: {list(out)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+
+
+class StarGANInstanceNorm(nn.InstanceNorm2d):
+    """InstanceNorm2d(affine, running stats) whose statistics source is chosen by `norm_mode`,
+    not by train()/eval(); running stats update only in train-mode forwards with grad enabled."""
+
+    def __init__(self, num_features: int, norm_mode: str = "instance") -> None:
+        super().__init__(num_features, affine=True, track_running_stats=True)
+        self.norm_mode = norm_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise [N, C, H, W] per sample (instance) or with the stored stats (running)."""
+        if self.norm_mode == "running":
+            return F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                   use_input_stats=False, momentum=0.0, eps=self.eps)
+        if self.training and torch.is_grad_enabled():
+            # A training step: per-sample output, and the running averages follow (momentum 0.1).
+            return F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                   use_input_stats=True, momentum=self.momentum, eps=self.eps)
+        return F.instance_norm(x, None, None, self.weight, self.bias, use_input_stats=True, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", norm_mode={self.norm_mode}"
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-IN-ReLU-conv3x3-IN plus the input (no ReLU after the sum)."""
+
+    def __init__(self, channels: int, norm_mode: str = "instance") -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False),
+            StarGANInstanceNorm(channels, norm_mode),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False),
+            StarGANInstanceNorm(channels, norm_mode),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + F(x)."""
+        return x + self.main(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Networks
+
+
+class StarGANGenerator(nn.Module):
+    """G(x [N,3,H,W] in [-1,1], c [N,c_dim]) -> [N,3,H,W] in [-1,1]; H, W multiples of 4."""
+
+    def __init__(self, conv_dim: int = 64, c_dim: int = 7, repeat_num: int = 6, *,
+                 norm_mode: str = "instance", classes: Sequence[str] | None = None,
+                 image_size: int = 128) -> None:
+        super().__init__()
+        self.config = StarGANConfig(conv_dim, c_dim, repeat_num, norm_mode,
+                                    tuple(classes) if classes is not None else None, image_size)
+        layers: list[nn.Module] = [
+            nn.Conv2d(3 + c_dim, conv_dim, 7, stride=1, padding=3, bias=False),
+            StarGANInstanceNorm(conv_dim, norm_mode),
+            nn.ReLU(inplace=True),
+        ]
+        channels = conv_dim
+        for _ in range(2):  # two stride-2 downsamplings
+            layers += [nn.Conv2d(channels, channels * 2, 4, stride=2, padding=1, bias=False),
+                       StarGANInstanceNorm(channels * 2, norm_mode), nn.ReLU(inplace=True)]
+            channels *= 2
+        layers += [ResidualBlock(channels, norm_mode) for _ in range(repeat_num)]
+        for _ in range(2):  # two stride-2 upsamplings
+            layers += [nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1, bias=False),
+                       StarGANInstanceNorm(channels // 2, norm_mode), nn.ReLU(inplace=True)]
+            channels //= 2
+        layers += [nn.Conv2d(channels, 3, 7, stride=1, padding=3, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    @classmethod
+    def from_config(cls, config: StarGANConfig) -> "StarGANGenerator":
+        """Build from a config object."""
+        return cls(config.conv_dim, config.c_dim, config.repeat_num,
+                   norm_mode=config.norm_mode, classes=config.classes, image_size=config.image_size)
+
+    @property
+    def c_dim(self) -> int:
+        """Number of domain labels."""
+        return self.config.c_dim
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """Label order of c, when known."""
+        return self.config.classes
+
+    @property
+    def norm_mode(self) -> str:
+        """Where every InstanceNorm takes its statistics from ("instance" or "running")."""
+        return self.config.norm_mode
+
+    @norm_mode.setter
+    def norm_mode(self, mode: str) -> None:
+        if mode not in NORM_MODES:
+            raise InvalidInputError(f"unknown norm_mode {mode!r}", hint="choose instance or running")
+        self.config.norm_mode = mode
+        for module in self.modules():
+            if isinstance(module, StarGANInstanceNorm):
+                module.norm_mode = mode
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Translate images x to the domains described by label vectors c."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise InvalidInputError(f"StarGAN G expects x of shape [N, 3, H, W], got {list(x.shape)}")
+        if c.dim() != 2 or c.shape[1] != self.c_dim:
+            raise InvalidInputError(f"StarGAN G expects c of shape [N, {self.c_dim}], got {list(c.shape)}")
+        torch._assert(x.shape[0] == c.shape[0], "x and c must have the same batch size")
+        torch._assert(x.shape[2] % 4 == 0, "image height must be a multiple of 4")
+        torch._assert(x.shape[3] % 4 == 0, "image width must be a multiple of 4")
+        # Tile the labels over the grid: expand (not repeat) keeps the batch dimension symbolic.
+        tiled = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        return self.main(torch.cat([x, tiled], dim=1))
+
+    def label_vector(self, labels: Any, batch: int) -> torch.Tensor:
+        """[batch, c_dim] float labels from an index, a name, a sequence of those, or a tensor."""
+        device = next(self.parameters()).device
+        if isinstance(labels, torch.Tensor) and labels.is_floating_point():
+            vec = labels.to(device=device, dtype=torch.float32)
+            if vec.dim() == 1:
+                vec = vec.expand(batch, -1)
+            if vec.shape != (batch, self.c_dim):
+                raise InvalidInputError(f"label vectors must be [{batch}, {self.c_dim}], got {list(vec.shape)}")
+            return vec
+        if isinstance(labels, (int, str)):
+            labels = [labels] * batch
+        elif isinstance(labels, torch.Tensor):
+            labels = labels.reshape(-1).tolist()
+            if len(labels) == 1:
+                labels = labels * batch
+        labels = list(labels)
+        if len(labels) != batch:
+            raise InvalidInputError(f"{len(labels)} labels given for a batch of {batch}")
+        index = torch.tensor([self._label_index(v) for v in labels], device=device)
+        return F.one_hot(index, self.c_dim).float()
+
+    def _label_index(self, label: Any) -> int:
+        if isinstance(label, str):
+            if not self.classes:
+                raise InvalidInputError(f"this generator's label order is unknown; give an index, not {label!r}")
+            name = normalize_emotion(label)
+            if name not in self.classes:
+                raise InvalidInputError(f"{name!r} is not one of this generator's labels {list(self.classes)}")
+            return self.classes.index(name)
+        index = int(label)
+        if not 0 <= index < self.c_dim:
+            raise InvalidInputError(f"label index {index} out of range for c_dim {self.c_dim}")
+        return index
+
+    def neutral_vector(self, batch: int) -> torch.Tensor:
+        """The default source label: neutral one-hot if the label set has neutral, else zeros."""
+        if self.classes and NEUTRAL in self.classes:
+            return self.label_vector(NEUTRAL, batch)
+        return torch.zeros(batch, self.c_dim, device=next(self.parameters()).device)
+
+    def translate(self, x: torch.Tensor, target: Any, source: Any = None,
+                  alpha: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """Graded translation with c = alpha*onehot(target) + (1-alpha)*source; no buffer changes."""
+        batch = x.shape[0]
+        c_target = self.label_vector(target, batch)
+        c_source = self.neutral_vector(batch) if source is None else self.label_vector(source, batch)
+        a = torch.as_tensor(alpha, dtype=torch.float32, device=c_target.device).reshape(-1, 1)
+        if a.shape[0] not in (1, batch):
+            raise InvalidInputError(f"alpha must be a scalar or have {batch} values, got {a.shape[0]}")
+        c = a * c_target + (1.0 - a) * c_source
+        with torch.no_grad():  # grad off: the norms never update running stats here
+            return self(x, c)
+
+
+class StarGANDiscriminator(nn.Module):
+    """D(x [N,3,S,S]) -> (out_src [N,1,S/2^r,S/2^r] realness map, out_cls [N,c_dim] logits)."""
+
+    def __init__(self, image_size: int = 128, conv_dim: int = 64, c_dim: int = 7, repeat_num: int = 6,
+                 *, classes: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.config = StarGANDiscriminatorConfig(image_size, conv_dim, c_dim, repeat_num,
+                                                 tuple(classes) if classes is not None else None)
+        layers: list[nn.Module] = [nn.Conv2d(3, conv_dim, 4, stride=2, padding=1), nn.LeakyReLU(0.01)]
+        channels = conv_dim
+        for _ in range(1, repeat_num):
+            layers += [nn.Conv2d(channels, channels * 2, 4, stride=2, padding=1), nn.LeakyReLU(0.01)]
+            channels *= 2
+        self.main = nn.Sequential(*layers)
+        self.conv1 = nn.Conv2d(channels, 1, 3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, c_dim, image_size // 2 ** repeat_num, bias=False)
+
+    @classmethod
+    def from_config(cls, config: StarGANDiscriminatorConfig) -> "StarGANDiscriminator":
+        """Build from a config object."""
+        return cls(config.image_size, config.conv_dim, config.c_dim, config.repeat_num, classes=config.classes)
+
+    @property
+    def c_dim(self) -> int:
+        """Number of domain labels."""
+        return self.config.c_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Realness map and domain logits of images in [-1, 1]."""
+        size = self.config.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
+            raise InvalidInputError(f"StarGAN D expects x of shape [N, 3, {size}, {size}], got {list(x.shape)}")
+        h = self.main(x)
+        return self.conv1(h), self.conv2(h).reshape(x.shape[0], self.c_dim)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and writing checkpoints
+
+_G_RES_KEY = re.compile(r"^main\.(\d+)\.main\.0\.weight$")
+_D_CONV_KEY = re.compile(r"^main\.(\d+)\.weight$")
+
+
+def infer_generator_config(state: Mapping[str, torch.Tensor], *, source: str | Path = "state dict") -> StarGANConfig:
+    """Architecture from G's shapes: main.0.weight is [conv_dim, 3+c_dim, 7, 7]; repeat_num counts
+    the residual blocks (keys main.{i}.main.0.weight)."""
+    first = state.get("main.0.weight")
+    if first is None or first.dim() != 4:
+        raise CheckpointError(f"{source} is not a StarGAN generator state dict (no 4-d main.0.weight)")
+    if tuple(first.shape[2:]) != (7, 7) or first.shape[1] <= 3:
+        kind = " (it looks like a StarGAN discriminator)" if tuple(first.shape[1:]) == (3, 4, 4) else ""
+        raise CheckpointError(
+            f"{source} is not a StarGAN generator: main.0.weight has shape {list(first.shape)}, "
+            f"expected [conv_dim, 3 + c_dim, 7, 7]{kind}")
+    repeat_num = sum(1 for k in state if _G_RES_KEY.match(k))
+    return StarGANConfig(conv_dim=int(first.shape[0]), c_dim=int(first.shape[1]) - 3, repeat_num=repeat_num)
+
+
+def infer_discriminator_config(state: Mapping[str, torch.Tensor], *,
+                               source: str | Path = "state dict") -> StarGANDiscriminatorConfig:
+    """Architecture from D's shapes: conv_dim from main.0.weight, repeat_num counts the convs in
+    main, c_dim from conv2's outputs and image_size = conv2's kernel * 2^repeat_num."""
+    first, head = state.get("main.0.weight"), state.get("conv2.weight")
+    if first is None or head is None or first.dim() != 4 or head.dim() != 4 or "conv1.weight" not in state:
+        kind = " (it looks like a StarGAN generator)" if first is not None and first.dim() == 4 and \
+            tuple(first.shape[2:]) == (7, 7) else ""
+        raise CheckpointError(
+            f"{source} is not a StarGAN discriminator state dict (needs main.0.weight, conv1.weight, "
+            f"conv2.weight){kind}")
+    repeat_num = sum(1 for k in state if _D_CONV_KEY.match(k) and state[k].dim() == 4)
+    return StarGANDiscriminatorConfig(image_size=int(head.shape[-1]) * 2 ** repeat_num,
+                                      conv_dim=int(first.shape[0]), c_dim=int(head.shape[0]),
+                                      repeat_num=repeat_num)
+
+
+def _file_metadata(path: Path) -> dict[str, Any]:
+    """The fertk config stored in a safetensors header, or {}."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        return json.loads(meta.get(META_KEY, "{}"))
+    except Exception:  # noqa: BLE001 - read_state_dict reports unreadable files with a proper error
+        return {}
+
+
+def _merge(inferred: Any, stored: Mapping[str, Any], given: Any, cls: type) -> Any:
+    """Inferred < stored-in-file < explicitly given values; a dataclass `given` wins entirely."""
+    if isinstance(given, cls):
+        return given
+    values = asdict(inferred)
+    names = {f.name for f in fields(cls)}
+    for layer in (stored, given or {}):
+        unknown = set(layer) - names
+        if layer is given and unknown:
+            raise InvalidInputError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in layer.items() if k in names and v is not None})
+    if values.get("classes") is not None:
+        values["classes"] = tuple(values["classes"])
+    return cls(**values)
+
+
+def load_stargan_generator(path: str | Path, config: StarGANConfig | Mapping[str, Any] | None = None
+                           ) -> tuple[StarGANGenerator, ModelCard]:
+    """Load G from an official `{iter}-G.ckpt` or a safetensors file; architecture inferred from
+    shapes unless `config` says otherwise (a mismatch is one CheckpointError)."""
+    path = Path(path)
+    state = read_state_dict(path)
+    stored = _file_metadata(path)
+    cfg = _merge(infer_generator_config(state, source=path), stored, config, StarGANConfig)
+    model = StarGANGenerator.from_config(cfg)
+    load_into(model, state, source=path)
+    model.eval()
+    return model, generator_card(model, weights=path)
+
+
+def load_stargan_discriminator(path: str | Path,
+                               config: StarGANDiscriminatorConfig | Mapping[str, Any] | None = None
+                               ) -> tuple[StarGANDiscriminator, ModelCard]:
+    """Load D from an official `{iter}-D.ckpt` or a safetensors file (image_size from conv2's kernel)."""
+    path = Path(path)
+    state = read_state_dict(path)
+    stored = _file_metadata(path)
+    cfg = _merge(infer_discriminator_config(state, source=path), stored, config, StarGANDiscriminatorConfig)
+    model = StarGANDiscriminator.from_config(cfg)
+    load_into(model, state, source=path)
+    model.eval()
+    return model, discriminator_card(model, weights=path)
+
+
+def save_stargan(model: StarGANGenerator | StarGANDiscriminator, path: str | Path) -> Path:
+    """Write weights atomically: `.safetensors` (config in the header) or `.ckpt`/`.pt` (a plain
+    state dict via torch.save, like the official solver)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={META_KEY: json.dumps(model.config.to_dict())})
+        else:
+            torch.save(state, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def generator_card(model: StarGANGenerator, *, weights: Path | None = None) -> ModelCard:
+    """Card of a generator: config, label order, provenance, I/O."""
+    cfg = model.config
+    size = cfg.image_size
+    return ModelCard(
+        name="stargan",
+        architecture="StarGANGenerator",
+        config=cfg.to_dict(),
+        weights_sha256=sha256_file(weights) if weights else None,
+        source=str(weights) if weights else "random-init",
+        inputs=[
+            {"name": "x", "dtype": "float32", "shape": ["batch", 3, size, size], "range": [-1.0, 1.0],
+             "note": f"trained at {size} px; fully convolutional, any height and width multiple of 4 runs"},
+            {"name": "c", "dtype": "float32", "shape": ["batch", cfg.c_dim], "range": [0.0, 1.0],
+             "classes": list(cfg.classes) if cfg.classes else None,
+             "note": "one-hot target label; blends give graded expressions"},
+        ],
+        outputs=[{"name": "y", "dtype": "float32", "shape": ["batch", 3, size, size], "range": [-1.0, 1.0]}],
+        extra={"parameters": count_parameters(model), "classes": list(cfg.classes) if cfg.classes else None},
+    )
+
+
+def discriminator_card(model: StarGANDiscriminator, *, weights: Path | None = None) -> ModelCard:
+    """Card of a discriminator: config, label order, provenance, I/O."""
+    cfg = model.config
+    side = cfg.image_size // 2 ** cfg.repeat_num
+    return ModelCard(
+        name="stargan-d",
+        architecture="StarGANDiscriminator",
+        config=cfg.to_dict(),
+        weights_sha256=sha256_file(weights) if weights else None,
+        source=str(weights) if weights else "random-init",
+        inputs=[{"name": "x", "dtype": "float32", "shape": ["batch", 3, cfg.image_size, cfg.image_size],
+                 "range": [-1.0, 1.0]}],
+        outputs=[
+            {"name": "out_src", "dtype": "float32", "shape": ["batch", 1, side, side], "note": "WGAN critic map"},
+            {"name": "out_cls", "dtype": "float32", "shape": ["batch", cfg.c_dim],
+             "classes": list(cfg.classes) if cfg.classes else None, "note": "domain logits"},
+        ],
+        extra={"parameters": count_parameters(model), "classes": list(cfg.classes) if cfg.classes else None},
+    )
+
+
+@register_model("stargan", description="StarGAN expression translator G (official yunjey/stargan layout)",
+                task="translator", default_config=StarGANConfig().to_dict())
+def build_stargan(weights: Path | None = None, **config: Any) -> tuple[StarGANGenerator, ModelCard]:
+    """Registry builder: load G (architecture inferred, `config` overrides) or random-init from config."""
+    if weights is not None:
+        return load_stargan_generator(weights, config or None)
+    cfg = _merge(StarGANConfig(), {}, config, StarGANConfig)
+    model = StarGANGenerator.from_config(cfg).eval()
+    return model, generator_card(model)
+
+
+@register_model("stargan-d", description="StarGAN PatchGAN critic with domain classifier head (official layout)",
+                task="discriminator", default_config=StarGANDiscriminatorConfig().to_dict())
+def build_stargan_discriminator(weights: Path | None = None, **config: Any
+                                ) -> tuple[StarGANDiscriminator, ModelCard]:
+    """Registry builder: load D (architecture inferred, `config` overrides) or random-init from config."""
+    if weights is not None:
+        return load_stargan_discriminator(weights, config or None)
+    cfg = _merge(StarGANDiscriminatorConfig(), {}, config, StarGANDiscriminatorConfig)
+    model = StarGANDiscriminator.from_config(cfg).eval()
+    return model, discriminator_card(model)
