@@ -1,0 +1,1 @@
+"""Training loops (FER CNN, StarGAN); import the submodule you need."""
