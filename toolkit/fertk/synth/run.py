@@ -1,0 +1,571 @@
+"""`run_synth`: seed plan → engine → (filter) → encode → shard writer, pipelined, resumable and
+split across torchrun ranks.
+
+Stages. The calling thread only generates: it draws latents from the seed plan, runs the engine
+and hands each batch to a bounded queue. A writer thread encodes (PNG through cv2, which releases
+the GIL; a pool of `workers` threads when workers > 1), appends to the shard's temporary file and
+commits finished shards. The engine never waits on disk unless the queue is full.
+
+Resume. A shard counts as done only when its record (written last, by rename, holding every
+file's size and sha256) exists; a rerun skips those and rewrites the rest from scratch, so a run
+killed at any moment and rerun gives byte-identical files.
+
+Determinism. Shards are a pure function of (options, shard index): each shard is generated in
+batches that start at the shard's first identity, whatever the rank or host. Options that decide
+the data (CONTENT_OPTIONS) are recorded in .fertk/options.json and a rerun with different ones is
+refused unless `force`. Backend, device, batch and workers are execution choices: the same
+backend and batch give the same bytes; another backend may move a pixel by one grey level.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fertk
+from fertk.data.shards import (
+    FORMATS, MANIFEST_COLUMNS, DatasetLayout, ShardRows, encode_png, is_synth_dataset, merge_manifest,
+    open_shard_writer, read_json, read_options, remove_shard, shard_done, write_json_atomic,
+)
+from fertk.emotions import EKMAN, NEUTRAL, parse_emotions
+from fertk.errors import DatasetError, FertkError, InvalidInputError, OutputExistsError
+from fertk.synth.plan import SeedPlan, parse_intensity
+
+FORMAT_VERSION = 1
+# Options that decide the dataset's bytes; a rerun must match them (or pass --force).
+CONTENT_OPTIONS = (
+    "n", "seed", "emotions", "intensity", "format", "shard_size", "generator", "generator_weights",
+    "translator_weights", "truncation", "style", "crop", "output_size", "precision", "filter",
+    "filter_threshold", "filter_max_attempts",
+)
+# How each content option is spelled on the command line (for the refusal message).
+OPTION_FLAGS = {
+    "n": "--n", "seed": "--seed", "emotions": "--emotions/--neutral", "intensity": "--intensity",
+    "format": "--format", "shard_size": "--shard-size", "generator": "--generator",
+    "generator_weights": "--generator-weights", "translator_weights": "--translator-weights",
+    "truncation": "--truncation", "style": "--style", "crop": "--crop", "output_size": "--size",
+    "precision": "--precision", "filter": "--filter", "filter_threshold": "--filter-threshold",
+    "filter_max_attempts": "--filter-attempts",
+}
+QUEUE_BATCHES = 6  # batches in flight between generator and writer: bounds memory, absorbs jitter
+
+
+@dataclass
+class SynthOptions:
+    """Everything `fertk synth` takes (JSON-able)."""
+
+    n: int
+    out: str
+    seed: int = 0
+    emotions: tuple[str, ...] = EKMAN
+    neutral: bool = False
+    intensity: tuple[float, float] = (1.0, 1.0)
+    format: str = "wds"
+    shard_size: int = 1000                 # identities per shard (× emotions faces)
+    generator: str = "procedural"
+    generator_weights: str | None = None
+    translator_weights: str | None = None
+    truncation: float = 0.7
+    style: str = "studio"
+    crop: tuple[float, float, float, float] | None = None
+    output_size: int = 64
+    filter: str | None = None              # FER CNN weights scoring each face
+    filter_threshold: float = 0.5
+    filter_max_attempts: int = 8
+    backend: str = "torch"
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch: int = 128                       # identities per engine call
+    workers: int = 1                       # encode threads
+    preview: str | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        emotions = parse_emotions(self.emotions)
+        if self.neutral and NEUTRAL not in emotions:
+            emotions = emotions + (NEUTRAL,)
+        self.emotions = emotions
+        self.neutral = NEUTRAL in emotions
+        self.intensity = parse_intensity(self.intensity if isinstance(self.intensity, (str, float, int))
+                                         else tuple(self.intensity))
+        if self.format not in FORMATS:
+            raise InvalidInputError(f"unknown --format {self.format!r}", hint="choose one of " + ", ".join(FORMATS))
+        if self.batch < 1:
+            raise InvalidInputError(f"--batch must be at least 1, got {self.batch}")
+        if self.workers < 1:
+            raise InvalidInputError(f"--workers must be at least 1, got {self.workers}")
+        if not 0.0 <= self.filter_threshold <= 1.0:
+            raise InvalidInputError(f"--filter-threshold must be in [0, 1], got {self.filter_threshold}")
+        if self.filter_max_attempts < 1:
+            raise InvalidInputError("the filter needs at least one attempt per identity")
+        if self.crop is not None:
+            self.crop = tuple(float(v) for v in self.crop)  # type: ignore[assignment]
+        if self.generator == "procedural" and (self.generator_weights or self.translator_weights):
+            raise InvalidInputError("--generator-weights/--translator-weights need --generator stylegan2")
+
+    def plan(self) -> SeedPlan:
+        """The seed plan these options describe."""
+        return SeedPlan(self.n, self.seed, self.emotions, self.shard_size, self.intensity)
+
+    def pipeline_config(self) -> Any:
+        """The fused graph's config."""
+        from fertk.export.pipeline import PipelineConfig
+
+        return PipelineConfig(
+            generator=self.generator, generator_weights=self.generator_weights, truncation=self.truncation,
+            translator="stargan" if self.generator == "stylegan2" else None,
+            translator_weights=self.translator_weights, emotions=self.emotions, crop=self.crop,
+            output_size=self.output_size, style=self.style,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        data = asdict(self)
+        for key in ("emotions", "intensity", "crop"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+
+@dataclass
+class ProgressEvent:
+    """A progress update: faces handed to the writer so far (this run), shards committed."""
+
+    faces_done: int
+    faces_total: int
+    shards_done: int
+    shards_total: int
+    elapsed: float
+
+
+@dataclass
+class SynthResult:
+    """Summary of one `run_synth` call (this rank's work, plus dataset-level state)."""
+
+    out: str
+    format: str
+    identities: int
+    faces: int
+    emotions: list[str]
+    shards_total: int
+    shards_written: int
+    shards_skipped: int
+    faces_written: int
+    seconds: float
+    faces_per_s: float
+    engine_faces_per_s: float
+    complete: bool
+    rank: int = 0
+    world_size: int = 1
+    manifest: str | None = None
+    card: str | None = None
+    preview: str | None = None
+    filter: dict[str, Any] | None = None
+    engine: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return asdict(self)
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 without it)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise InvalidInputError("RANK / WORLD_SIZE / LOCAL_RANK must be integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise InvalidInputError(f"bad torchrun environment: RANK={rank} WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def _content_options(options: SynthOptions, hashes: dict[str, str | None]) -> dict[str, Any]:
+    data = options.to_dict()
+    content = {key: data[key] for key in CONTENT_OPTIONS}
+    # Weights are identified by content, not by where they sit.
+    for key in ("generator_weights", "translator_weights", "filter"):
+        content[key] = hashes.get(key)
+    return content
+
+
+def _weights_hashes(options: SynthOptions) -> dict[str, str | None]:
+    from fertk.models.registry import sha256_file
+
+    hashes: dict[str, str | None] = {}
+    for key in ("generator_weights", "translator_weights", "filter"):
+        value = getattr(options, key)
+        if value and Path(value).is_file():
+            hashes[key] = sha256_file(value)
+        elif value and Path(value).is_dir() and (Path(value) / "model.safetensors").is_file():
+            hashes[key] = sha256_file(Path(value) / "model.safetensors")
+        else:
+            hashes[key] = None
+    return hashes
+
+
+def _prepare_out(options: SynthOptions, layout: DatasetLayout, record: dict[str, Any], rank: int,
+                 world: int) -> None:
+    """Create or reuse the output directory; refuse foreign contents or other options (unless force)."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise OutputExistsError(f"--out {root} exists and is not a directory")
+    if is_synth_dataset(root):
+        old = read_options(root)
+        old_content = old.get("options", {})
+        differing = [key for key in CONTENT_OPTIONS if old_content.get(key) != record["options"].get(key)]
+        if differing and not options.force:
+            key = differing[0]
+            raise OutputExistsError(
+                f"{root} holds a dataset made with different options: {OPTION_FLAGS[key]} was "
+                f"{old_content.get(key)!r}, now {record['options'].get(key)!r}"
+                + (f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""),
+                hint="use the same options to resume, another --out, or --force to replace it")
+        if differing:
+            _remove_old(root, old, rank, world)
+    elif root.is_dir() and any(root.iterdir()) and not options.force:
+        raise OutputExistsError(f"--out {root} is not empty and is not a fertk synth dataset",
+                                hint="choose an empty or new directory, or pass --force to write into it")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create {root}: {exc.strerror or exc}") from None
+    write_json_atomic(layout.options_path, record)
+
+
+def _remove_old(root: Path, old: dict[str, Any], rank: int, world: int) -> None:
+    """--force: each rank deletes its share of the previous dataset's shards (disjoint, no races)."""
+    old_layout = DatasetLayout(root, old["options"]["format"])
+    plan = old["plan"]
+    n, size = int(plan["n"]), int(plan["shard_size"])
+    for shard in range(rank, int(old["num_shards"]), world):
+        start, stop = shard * size, min((shard + 1) * size, n)
+        remove_shard(old_layout, shard, identities=range(start, stop), emotions=plan["emotions"])
+    if rank == 0:
+        old_layout.manifest_path.unlink(missing_ok=True)
+        old_layout.card_path.unlink(missing_ok=True)
+
+
+class _Writer(threading.Thread):
+    """The writer stage: encode → append → commit, fed by a bounded queue."""
+
+    def __init__(self, layout: DatasetLayout, image_shape: tuple[int, int], workers: int,
+                 on_commit: Callable[[int, int], None]) -> None:
+        super().__init__(name="fertk-synth-writer", daemon=True)
+        self.layout = layout
+        self.image_shape = image_shape
+        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fertk-encode") if workers > 1 else None
+        self.workers = workers
+        self.on_commit = on_commit
+        self.error: BaseException | None = None
+        self.current = None
+        self.faces_added = 0
+
+    def put(self, item: tuple[Any, ...] | None) -> None:
+        """Hand an item over; raise the writer's error instead of waiting on a dead writer."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _encode(self, images: np.ndarray) -> list[bytes]:
+        if self.pool is None:
+            return [encode_png(im) for im in images]
+        chunks = np.array_split(np.arange(len(images)), self.workers)
+        parts = self.pool.map(lambda idx: [encode_png(images[i]) for i in idx], chunks)
+        return [png for part in parts for png in part]
+
+    def run(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                kind = item[0]
+                if kind == "open":
+                    _, shard, faces = item
+                    self.current = open_shard_writer(self.layout, shard, faces, self.image_shape)
+                elif kind == "add":
+                    _, faces, rows = item
+                    flat = faces.reshape(-1, *self.image_shape)
+                    pngs = self._encode(flat) if self.current.needs_png else None
+                    self.current.add(flat, rows, pngs)
+                    self.faces_added += len(flat)
+                elif kind == "commit":
+                    _, extra = item
+                    result = self.current.commit(extra)
+                    self.current = None
+                    self.on_commit(result.shard, result.faces)
+        except BaseException as exc:  # noqa: BLE001 - handed to the generating thread
+            self.error = exc if isinstance(exc, FertkError) else DatasetError(
+                f"writer failed: {type(exc).__name__}: {exc}")
+            if self.current is not None:
+                self.current.abort()
+            # Drain so a blocked producer wakes up and sees the error.
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+
+
+class _Generator:
+    """Turns identity indices into faces and manifest rows (with filter regenerations)."""
+
+    def __init__(self, plan: SeedPlan, pipeline: Any, engine: Any, scorer: Any, options: SynthOptions) -> None:
+        self.plan = plan
+        self.engine = engine
+        self.scorer = scorer
+        self.options = options
+        self.emotions = plan.emotions
+        self.latent_dim = pipeline.latent_dim
+        self.latent_kind = pipeline.latent_kind
+        self.attempts = 0
+        self.rejected = 0
+
+    def _run(self, ids: np.ndarray, attempt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        seeds, latent, intensity = self.plan.inputs(ids, self.latent_dim, self.latent_kind, attempt)
+        faces = np.asarray(self.engine.run({"latent": latent, "intensity": intensity})["faces"])
+        return seeds, intensity, faces
+
+    def generate(self, ids: np.ndarray) -> tuple[np.ndarray, ShardRows]:
+        """faces uint8 [B, E, S, S] and their rows, identities in order."""
+        seeds, intensity, faces = self._run(ids, 0)
+        count = len(self.emotions)
+        attempt = np.zeros(len(ids), dtype=np.int64)
+        score = None
+        if self.scorer is not None:
+            faces = faces.copy()
+            score = self.scorer.score(faces, self.emotions)
+            worst = _worst(score)
+            self.attempts += len(ids)
+            passed = worst >= self.options.filter_threshold
+            for a in range(1, self.options.filter_max_attempts):
+                todo = np.flatnonzero(~passed)
+                if not len(todo):
+                    break
+                self.rejected += len(todo)
+                s2, i2, f2 = self._run(ids[todo], a)
+                sc2 = self.scorer.score(f2, self.emotions)
+                w2 = _worst(sc2)
+                self.attempts += len(todo)
+                better = w2 > worst[todo]
+                pick = todo[better]
+                faces[pick], seeds[pick], intensity[pick] = f2[better], s2[better], i2[better]
+                score[pick], worst[pick], attempt[pick] = sc2[better], w2[better], a
+                passed[todo] = w2 >= self.options.filter_threshold
+            else:
+                self.rejected += int((~passed).sum())
+        rows = ShardRows(
+            identity=np.repeat(ids.astype(np.int64), count),
+            seed=np.repeat(seeds, count),
+            emotion=list(self.emotions) * len(ids),
+            label=np.tile(np.arange(count, dtype=np.int64), len(ids)),
+            intensity=intensity.reshape(-1),
+            attempt=np.repeat(attempt, count),
+            score=None if score is None else score.reshape(-1),
+        )
+        return faces, rows
+
+
+def _worst(score: np.ndarray) -> np.ndarray:
+    """Lowest intended-emotion probability per identity (emotions the scorer lacks are ignored)."""
+    filled = np.where(np.isnan(score), np.inf, score)
+    worst = filled.min(axis=1)
+    return np.where(np.isinf(worst), 1.0, worst).astype(np.float32)
+
+
+def _versions() -> dict[str, str | None]:
+    from fertk.sysinfo import package_version
+
+    names = ("torch", "numpy", "opencv-python-headless", "onnxruntime", "webdataset")
+    return {"fertk": fertk.__version__, "python": platform.python_version(),
+            **{name: package_version(name) for name in names}}
+
+
+def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None] | None = None) -> SynthResult:
+    """Generate (or resume) the dataset described by `options` into `options.out`."""
+    started = time.perf_counter()
+    rank, world, local_rank = dist_env()
+    plan = options.plan()
+    root = Path(options.out)
+    layout = DatasetLayout(root, options.format)
+
+    # Everything that can fail on bad input fails here, before any shard work.
+    from fertk.export.pipeline import build_pipeline
+    from fertk.synth.engines import FaceScorer, open_generation_engine, resolve_device
+
+    pipeline = build_pipeline(options.pipeline_config())
+    hashes = _weights_hashes(options)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "options": _content_options(options, hashes),
+        "plan": plan.to_dict(),
+        "num_shards": plan.num_shards,
+        "pipeline": {"latent_kind": pipeline.latent_kind, "latent_dim": pipeline.latent_dim},
+    }
+    _prepare_out(options, layout, record, rank, world)
+    device = resolve_device(options.device, local_rank, world)
+    engine = open_generation_engine(pipeline, backend=options.backend, device=device, precision=options.precision)
+    scorer = None
+    try:
+        if options.filter:
+            scorer = FaceScorer(options.filter, backend=options.backend, device=device, precision=options.precision)
+        generator = _Generator(plan, pipeline, engine, scorer, options)
+        mine = plan.shards_for_rank(rank, world)
+        todo = [s for s in mine if not shard_done(layout, s.index)]
+        for shard in todo:  # leftovers of a killed run are discarded: the shard is redone whole
+            remove_shard(layout, shard.index, identities=range(shard.start, shard.stop), emotions=plan.emotions)
+        count = len(plan.emotions)
+        faces_total = sum(s.identities for s in todo) * count
+        side = options.output_size
+        committed = {"shards": 0, "faces": 0}
+        last_report = [0.0]
+
+        def report(force_now: bool = False) -> None:
+            now = time.perf_counter()
+            if progress is not None and (force_now or now - last_report[0] > 0.2):
+                last_report[0] = now
+                progress(ProgressEvent(writer.faces_added, faces_total, committed["shards"], len(todo),
+                                       now - started))
+
+        def on_commit(shard: int, faces: int) -> None:
+            committed["shards"] += 1
+            committed["faces"] += faces
+            report(True)
+
+        writer = _Writer(layout, (side, side), options.workers, on_commit)
+        writer.start()
+        engine_start = engine.stats.seconds
+        gen_start = time.perf_counter()
+        try:
+            for shard in todo:
+                shard_start = time.perf_counter()
+                attempts0, rejected0 = generator.attempts, generator.rejected
+                writer.put(("open", shard.index, shard.identities * count))
+                for first in range(shard.start, shard.stop, options.batch):
+                    ids = np.arange(first, min(first + options.batch, shard.stop), dtype=np.int64)
+                    faces, rows = generator.generate(ids)
+                    writer.put(("add", faces, rows))
+                    report()
+                extra = {"seconds": round(time.perf_counter() - shard_start, 4), "rank": rank,
+                         "identities": [shard.start, shard.stop]}
+                if scorer is not None:
+                    extra["filter"] = {"attempts": generator.attempts - attempts0,
+                                       "rejected": generator.rejected - rejected0}
+                writer.put(("commit", extra))
+            writer.put(None)
+            while writer.is_alive():
+                writer.join(timeout=0.2)
+            if writer.error is not None:
+                raise writer.error
+        except BaseException:
+            if writer.is_alive():
+                try:
+                    writer.queue.put_nowait(None)
+                except queue.Full:
+                    pass
+            raise
+        gen_seconds = time.perf_counter() - gen_start
+        report(True)
+        engine_seconds = engine.stats.seconds - engine_start
+        engine_desc = engine.describe()
+        filter_stats = None
+        if scorer is not None:
+            filter_stats = {"threshold": options.filter_threshold, "attempts": generator.attempts,
+                            "rejected": generator.rejected,
+                            "rejection_rate": generator.rejected / generator.attempts if generator.attempts else 0.0}
+        preview_path = None
+        if options.preview and rank == 0:
+            from fertk.synth.preview import write_preview
+
+            preview_path = str(write_preview(options.preview, generator, plan))
+        complete = merge_manifest(layout, plan.num_shards)
+        result = SynthResult(
+            out=str(root), format=options.format, identities=plan.n, faces=plan.faces,
+            emotions=list(plan.emotions), shards_total=plan.num_shards, shards_written=committed["shards"],
+            shards_skipped=len(mine) - len(todo), faces_written=committed["faces"],
+            seconds=round(time.perf_counter() - started, 3),
+            faces_per_s=round(committed["faces"] / gen_seconds, 1) if gen_seconds > 0 and committed["faces"] else 0.0,
+            engine_faces_per_s=round(committed["faces"] / engine_seconds, 1) if engine_seconds > 0 else 0.0,
+            complete=complete, rank=rank, world_size=world,
+            manifest=str(layout.manifest_path) if complete else None, preview=preview_path,
+            filter=filter_stats, engine=engine_desc,
+        )
+        if complete and (committed["shards"] or not layout.card_path.is_file()):
+            card = _dataset_card(options, layout, plan, pipeline, engine_desc, scorer, result, hashes)
+            write_json_atomic(layout.card_path, card)
+        if complete:
+            result.card = str(layout.card_path)
+        return result
+    finally:
+        engine.close()
+        if scorer is not None:
+            scorer.close()
+
+
+def _dataset_card(options: SynthOptions, layout: DatasetLayout, plan: SeedPlan, pipeline: Any,
+                  engine_desc: dict[str, Any], scorer: Any, result: SynthResult,
+                  hashes: dict[str, str | None]) -> dict[str, Any]:
+    """dataset_card.json: what made the data, with which engine, how much, how fast."""
+    from fertk.sysinfo import cpu_model
+
+    shard_seconds = 0.0
+    attempts = rejected = 0
+    for s in range(plan.num_shards):
+        rec = read_json(layout.record_path(s))
+        shard_seconds += float(rec.get("seconds", 0.0))
+        attempts += rec.get("filter", {}).get("attempts", 0)
+        rejected += rec.get("filter", {}).get("rejected", 0)
+    pipe_card = pipeline.card()
+    return {
+        "fertk_dataset": "synth",
+        "format_version": FORMAT_VERSION,
+        "format": options.format,
+        "layout": {"wds": "shards/shard-NNNNNN.tar (<key>.png/.cls/.json)",
+                   "npy": "shards/shard-NNNNNN.images.npy + .labels.npy",
+                   "folder": "images/<emotion>/id<identity>.png"}[options.format],
+        "manifest": {"file": layout.manifest_path.name, "format": "csv", "columns": list(MANIFEST_COLUMNS)},
+        "classes": list(plan.emotions),
+        "counts": {"identities": plan.n, "faces": plan.faces, "per_emotion": {e: plan.n for e in plan.emotions},
+                   "shards": plan.num_shards, "shard_size_identities": plan.shard_size},
+        "seed_plan": plan.to_dict(),
+        "generator": {"name": options.generator, "weights": options.generator_weights,
+                      "sha256": hashes.get("generator_weights"), "card": pipe_card.get("generator"),
+                      "truncation": options.truncation if options.generator == "stylegan2" else None,
+                      "style": options.style if options.generator == "procedural" else None},
+        "translator": None if options.generator == "procedural" else {
+            "name": "stargan", "weights": options.translator_weights,
+            "sha256": hashes.get("translator_weights"), "card": pipe_card.get("translator")},
+        "pipeline": {k: v for k, v in pipe_card.items() if k not in ("generator", "translator")},
+        "engine": engine_desc,
+        "precision": options.precision,
+        "filter": None if not options.filter else {
+            "model": options.filter, "sha256": hashes.get("filter"), "threshold": options.filter_threshold,
+            "max_attempts": options.filter_max_attempts, "attempts": attempts, "rejected": rejected,
+            "rejection_rate": rejected / attempts if attempts else 0.0,
+            "scorer": scorer.describe() if scorer is not None else None},
+        "options": options.to_dict(),
+        "versions": _versions(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "timing": {"shard_seconds_total": round(shard_seconds, 3),
+                   "last_run": {"seconds": result.seconds, "faces_written": result.faces_written,
+                                "faces_per_s": result.faces_per_s, "engine_faces_per_s": result.engine_faces_per_s,
+                                "world_size": result.world_size}},
+    }
