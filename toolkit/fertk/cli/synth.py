@@ -93,16 +93,17 @@ def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (
-        TextColumn("[bold]synth[/]"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} faces"),
+        TextColumn("[bold]synth[/]"), BarColumn(), TextColumn("{task.fields[counts]} faces"),
         TextColumn("{task.fields[rate]} faces/s"), TextColumn("shards {task.fields[shards]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("synth", total=None, rate="-", shards="-")
+        task = bar.add_task("synth", total=None, counts="-", rate="-", shards="-")
 
         def on_progress(event) -> None:  # type: ignore[no-untyped-def]
             rate = event.faces_done / event.elapsed if event.elapsed > 0 else 0.0
             bar.update(task, total=event.faces_total, completed=event.faces_done, rate=f"{rate:,.0f}",
+                       counts=f"{event.faces_done:,}/{event.faces_total:,}",
                        shards=f"{event.shards_done}/{event.shards_total}")
 
         return run_synth(options, progress=on_progress)

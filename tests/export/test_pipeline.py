@@ -1,0 +1,124 @@
+"""The fused generation graph against an independent step-by-step path, and its ONNX export.
+
+Tolerance: the fused graph and the reference differ only in float rounding order (AU scaling,
+shared identity work, matmul resize vs cv2.resize), so uint8 outputs may differ by 1 grey level
+where a value sits on a rounding boundary; never by more.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fertk.emotions import EKMAN
+from fertk.errors import CheckpointError, InvalidInputError
+from fertk.export.pipeline import PipelineConfig, build_pipeline, crop_pixels, resample_matrix
+from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus
+
+
+def _reference_postprocess(rgb01: np.ndarray, crop, size: int) -> np.ndarray:
+    """One image [H, W, 3] RGB in [0, 255] float → crop → BT.601 gray (cv2) → cv2.resize → uint8."""
+    height = rgb01.shape[0]
+    top, left, h, w = crop_pixels(height, crop)
+    roi = np.ascontiguousarray(rgb01[top:top + h, left:left + w])
+    gray = cv2.cvtColor(roi, cv2.COLOR_RGB2GRAY) if roi.ndim == 3 else roi
+    interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_LINEAR
+    small = cv2.resize(gray, (size, size), interpolation=interp)
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+
+
+def _reference_procedural(latent: np.ndarray, intensity: np.ndarray, emotions, crop, size: int,
+                          color: bool, resolution: int) -> np.ndarray:
+    """generate each (identity, emotion) with the plain forward → postprocess, one image at a time."""
+    model = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color)).eval()
+    out = np.zeros((len(latent), len(emotions), size, size), dtype=np.uint8)
+    with torch.no_grad():
+        for i in range(len(latent)):
+            for e, emotion in enumerate(emotions):
+                au = expression_aus([emotion], float(intensity[i, e]))
+                image = model(torch.from_numpy(latent[i:i + 1]), au)[0]          # [C, H, W] in [-1, 1]
+                pixels = ((image.permute(1, 2, 0).numpy().astype(np.float32) + 1.0) * 127.5)
+                out[i, e] = _reference_postprocess(pixels.squeeze(-1) if not color else pixels, crop, size)
+    return out
+
+
+@pytest.mark.parametrize("color, crop, size, resolution", [
+    (True, None, 64, 64),                       # default box, same size: crop/gray only
+    (False, (0.1, 0.2, 0.7, 0.6), 32, 64),      # luma render, off-centre box, area shrink
+    (True, (0.0, 0.0, 0.5, 0.5), 48, 64),       # 32 px box enlarged to 48 (bilinear)
+])
+def test_procedural_pipeline_matches_step_by_step(color, crop, size, resolution):
+    emotions = ("anger", "happiness", "surprise", "neutral")
+    config = PipelineConfig(emotions=emotions, crop=crop, output_size=size, color=color, resolution=resolution)
+    pipeline = build_pipeline(config)
+    rng = np.random.default_rng(0)
+    latent = rng.random((3, pipeline.latent_dim), dtype=np.float32)
+    intensity = rng.uniform(0.3, 1.0, (3, len(emotions))).astype(np.float32)
+    with torch.no_grad():
+        fused = pipeline(torch.from_numpy(latent), torch.from_numpy(intensity)).numpy()
+    assert fused.dtype == np.uint8 and fused.shape == (3, len(emotions), size, size)
+    reference = _reference_procedural(latent, intensity, emotions, config.crop, size, color, resolution)
+    diff = np.abs(fused.astype(int) - reference.astype(int))
+    assert diff.max() <= 1, f"max diff {diff.max()}"
+    assert (diff > 0).mean() < 0.01
+    # Expressions differ from each other (the AU prototypes reach the pixels).
+    assert np.abs(fused[:, 0].astype(int) - fused[:, 1].astype(int)).mean() > 0.5
+
+
+def test_intensity_zero_is_the_neutral_face():
+    pipeline = build_pipeline(PipelineConfig(emotions=EKMAN + ("neutral",)))
+    latent = torch.rand(2, pipeline.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        faces = pipeline(latent, torch.zeros(2, 7)).numpy()
+    for e in range(6):
+        assert np.array_equal(faces[:, e], faces[:, 6])
+
+
+def test_specs_card_and_latent_kind():
+    pipeline = build_pipeline()
+    assert pipeline.latent_kind == "uniform"
+    assert [s.describe() for s in pipeline.input_specs] == [
+        f"float32[batch, {pipeline.latent_dim}]", "float32[batch, 6]"]
+    assert pipeline.output_specs[0].describe() == "uint8[batch, 6, 64, 64]"
+    card = pipeline.card()
+    assert card["emotions"] == list(EKMAN) and card["config"]["generator"] == "procedural"
+    assert PipelineConfig.from_dict(card["config"]) == pipeline.config
+
+
+def test_resample_matrix_rows_sum_to_one():
+    for n_in, n_out in [(100, 64), (64, 64), (37, 64), (256, 64)]:
+        weights = resample_matrix(n_in, n_out)
+        assert torch.allclose(weights.sum(dim=1), torch.ones(n_out), atol=1e-5)
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(InvalidInputError):
+        PipelineConfig(generator="biggan")
+    with pytest.raises(InvalidInputError):
+        PipelineConfig(crop=(0.5, 0.5, 0.8, 0.2))
+    with pytest.raises(InvalidInputError):
+        PipelineConfig(translator="stargan")          # procedural makes its own expressions
+    with pytest.raises(CheckpointError, match="required"):
+        build_pipeline(PipelineConfig(generator="stylegan2"))
+
+
+def test_onnx_export_dynamic_batch_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from fertk.export.onnx import export_onnx
+
+    pipeline = build_pipeline(PipelineConfig(emotions=("anger", "happiness", "sadness")))
+    path = tmp_path / "pipeline.onnx"
+    export_onnx(pipeline, pipeline.input_specs, pipeline.output_specs, path,
+                ranges={"latent": (0.0, 1.0), "intensity": (0.0, 1.0)})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for batch in (1, 5):
+        latent = rng.random((batch, pipeline.latent_dim), dtype=np.float32)
+        intensity = rng.random((batch, 3), dtype=np.float32)
+        (onnx_faces,) = session.run(None, {"latent": latent, "intensity": intensity})
+        with torch.no_grad():
+            torch_faces = pipeline(torch.from_numpy(latent), torch.from_numpy(intensity)).numpy()
+        assert onnx_faces.dtype == np.uint8 and onnx_faces.shape == (batch, 3, 64, 64)
+        assert np.abs(onnx_faces.astype(int) - torch_faces.astype(int)).max() <= 1
