@@ -125,6 +125,48 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
+def write_face(
+    path: str | Path,
+    emotion: str = "neutral",
+    *,
+    seed: int = 0,
+    canvas: tuple[int, int] = (160, 160),
+    face: int = 100,
+    center: tuple[int, int] | None = None,
+    intensity: float = 1.0,
+    gray: bool = False,
+) -> Path:
+    """Draw a face (see `draw_face`) and write it, guaranteeing the Haar cascade finds it.
+
+    The check runs on the image as stored (after JPEG compression for .jpg/.jpeg) with fertk's
+    default `PreprocessConfig`; a miss (rare, about 1 in 300) redraws with a derived seed. Canvases
+    under 64 px are written unchecked (too small for the detector; use detect="none" there).
+    """
+    from fertk.data.preprocess import PreprocessConfig, detect_faces
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower() or ".png"
+    config = PreprocessConfig()
+    for attempt in range(20):
+        img = draw_face(emotion, seed=seed + 7919 * attempt, canvas=canvas, face=face, center=center,
+                        intensity=intensity)
+        if gray:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        ok, encoded = cv2.imencode(suffix, img)
+        if not ok:
+            raise OSError(f"cv2.imencode cannot write {suffix} images")
+        if min(canvas) < 64:
+            break
+        stored = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+        if detect_faces(stored, config):
+            break
+    else:  # pragma: no cover - would mean draw_face itself broke
+        raise RuntimeError(f"no detectable face drawn for {path}")
+    path.write_bytes(encoded.tobytes())
+    return path
+
+
 def write_corrupt_image(path: str | Path) -> Path:
     """A file with an image name whose bytes are not an image."""
     path = Path(path)
@@ -169,9 +211,9 @@ def make_folder_dataset(
         for emotion in classes:
             for i in range(per_class):
                 subject = i % subjects
-                img = draw_face(emotion, seed=_stable_seed("folder", split, emotion, i), canvas=(size, size),
-                                face=int(size * face_fraction))
-                write_image(base / spell.get(emotion, emotion) / f"s{subject:02d}_{i:03d}.{ext}", img)
+                write_face(base / spell.get(emotion, emotion) / f"s{subject:02d}_{i:03d}.{ext}", emotion,
+                           seed=_stable_seed("folder", split, emotion, i), canvas=(size, size),
+                           face=int(size * face_fraction))
     return root
 
 
@@ -197,9 +239,8 @@ def make_rafd_dataset(
             for angle in angles:
                 for gaze in gazes:
                     name = f"Rafd{angle}_{subject:02d}_{ethnicity}_{gender}_{RAFD_WORDS[emotion]}_{gaze}.jpg"
-                    img = draw_face(emotion, seed=_stable_seed("rafd", subject, emotion, angle, gaze),
-                                    canvas=size, face=int(min(size) * 0.7))
-                    write_image(root / name, img)
+                    write_face(root / name, emotion, seed=_stable_seed("rafd", subject, emotion, angle, gaze),
+                               canvas=size, face=int(min(size) * 0.7))
     return root
 
 
@@ -222,9 +263,9 @@ def make_ckplus_dataset(
     for subject, seq, emotion in sequences:
         shown = emotion or "happiness"
         for k in range(frames):
-            img = draw_face(shown, seed=_stable_seed("ck", subject), canvas=size, face=int(min(size) * 0.7),
-                            intensity=k / max(1, frames - 1))
-            write_image(root / "cohn-kanade-images" / subject / seq / f"{subject}_{seq}_{k + 1:08d}.png", img)
+            write_face(root / "cohn-kanade-images" / subject / seq / f"{subject}_{seq}_{k + 1:08d}.png", shown,
+                       seed=_stable_seed("ck", subject), canvas=size, face=int(min(size) * 0.7),
+                       intensity=k / max(1, frames - 1), gray=True)
         if emotion is not None:
             label_dir = root / "Emotion" / subject / seq
             label_dir.mkdir(parents=True, exist_ok=True)
@@ -250,12 +291,9 @@ def make_oulu_dataset(
             for subject in subjects:
                 for emotion in emotions:
                     for k in range(frames):
-                        img = draw_face(emotion, seed=_stable_seed("oulu", subject), canvas=size,
-                                        face=int(min(size) * 0.7), intensity=k / max(1, frames - 1))
-                        if sensor == "NI":
-                            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
                         path = root / "OriginalImg" / sensor / lighting / subject / OULU_WORDS[emotion] / f"{k:03d}.jpeg"
-                        write_image(path, img)
+                        write_face(path, emotion, seed=_stable_seed("oulu", subject), canvas=size,
+                                   face=int(min(size) * 0.7), intensity=k / max(1, frames - 1), gray=sensor == "NI")
     return root
 
 
@@ -294,12 +332,14 @@ def make_mmi_dataset(
             '  <Metatag Name="Glasses" Value="0" />\n' + tags + "</Session>\n")
         (folder / f"{name}-oao_aucs.xml").write_text('<?xml version="1.0"?>\n<ActionUnits />\n')
         shown = emotion or "happiness"
-        images = []
-        for k in range(frames):
-            apex = 1.0 - abs(k - (frames - 1) / 2) / max(1e-9, (frames - 1) / 2)
-            images.append(draw_face(shown, seed=_stable_seed("mmi", subject), canvas=size,
-                                    face=int(min(size) * 0.7), intensity=apex))
-        if video:
+        apex = [1.0 - abs(k - (frames - 1) / 2) / max(1e-9, (frames - 1) / 2) for k in range(frames)]
+        if not video:
+            for k in range(frames):
+                write_face(folder / "frames" / f"{name}-{k:04d}.png", shown, seed=_stable_seed("mmi", subject),
+                           canvas=size, face=int(min(size) * 0.7), intensity=apex[k])
+        else:
+            images = [draw_face(shown, seed=_stable_seed("mmi", subject), canvas=size, face=int(min(size) * 0.7),
+                                intensity=a) for a in apex]
             writer = cv2.VideoWriter(str(folder / f"{name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25,
                                      (size[1], size[0]))
             if not writer.isOpened():
@@ -307,9 +347,6 @@ def make_mmi_dataset(
             for img in images:
                 writer.write(img)
             writer.release()
-        else:
-            for k, img in enumerate(images):
-                write_image(folder / "frames" / f"{name}-{k:04d}.png", img)
     return root
 
 
@@ -338,9 +375,9 @@ def make_affectnet_dataset(
             emotion = codes_to_emotion.get(code, "neutral")
             face = 120
             cx, cy = 90 + (i % 3) * 20, 100 + (i % 2) * 10
-            img = draw_face(emotion, seed=_stable_seed("affectnet", split, i), canvas=size, face=face, center=(cx, cy))
             rel = f"{i % 4 + 1}/{_stable_seed('an', split, i):08x}.jpg"
-            write_image(root / "Manually_Annotated_Images" / rel, img)
+            write_face(root / "Manually_Annotated_Images" / rel, emotion, seed=_stable_seed("affectnet", split, i),
+                       canvas=size, face=face, center=(cx, cy))
             half = int(face * 0.42)
             landmarks = ";".join(f"{cx + (k % 9) - 4:.2f};{cy + (k % 7) - 3:.2f}" for k in range(68))
             writer.writerow([rel, cx - half, cy - half, 2 * half, 2 * half, landmarks, code,
@@ -377,5 +414,5 @@ def make_fer2013_csv(
 __all__ = [
     "blank_image", "draw_face", "make_affectnet_dataset", "make_ckplus_dataset", "make_fer2013_csv",
     "make_folder_dataset", "make_mmi_dataset", "make_oulu_dataset", "make_rafd_dataset",
-    "write_corrupt_image", "write_image",
+    "write_corrupt_image", "write_face", "write_image",
 ]

@@ -1,0 +1,86 @@
+"""`load_arrays`: one call from a dataset path to preprocessed `FaceArrays`.
+
+A `fertk synth` output folder (it holds ``dataset_card.json``) is read by
+`fertk.data.shards.read_arrays`; anything else goes through a layout reader
+(`fertk.data.layouts`) and the face preprocessing (`fertk.data.preprocess`), cached on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fertk.data.layouts import read_records, resolve_classes
+from fertk.data.preprocess import PreprocessConfig, preprocess_records
+from fertk.data.records import FaceArrays
+from fertk.emotions import EKMAN
+from fertk.errors import DatasetError
+
+
+def default_cache_dir() -> Path:
+    """Where preprocessed faces are cached: $FERTK_CACHE_DIR/preprocess, else the user cache dir."""
+    root = os.environ.get("FERTK_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "preprocess"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("fertk")) / "preprocess"
+
+
+def is_synth_dataset(path: str | Path) -> bool:
+    """True for a folder written by `fertk synth` (it holds dataset_card.json)."""
+    return (Path(path).expanduser() / "dataset_card.json").is_file()
+
+
+def load_arrays(
+    path: str | Path,
+    layout: str = "auto",
+    classes: Iterable[str] | str | None = EKMAN,
+    preprocess: PreprocessConfig | None = None,
+    cache_dir: str | Path | None = None,
+    strict: bool = False,
+    progress: bool = False,
+    **reader_options: Any,
+) -> FaceArrays:
+    """Read and preprocess a dataset (any layout, or a synth output) into FaceArrays.
+
+    `reader_options` go to the layout's reader (e.g. keep=("neutral",), peak_frames=3,
+    subject_pattern=...). The read and preprocess reports land in ``arrays.meta``.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset path not found: {path}")
+    if is_synth_dataset(path) and layout in ("auto", "synth"):
+        return _load_synth(path, classes, reader_options)
+    records, read_report = read_records(path, layout=layout, classes=classes, **reader_options)
+    config = preprocess if preprocess is not None else PreprocessConfig()
+    arrays, pre_report = preprocess_records(
+        records, config,
+        cache_dir=default_cache_dir() if cache_dir is None else cache_dir,
+        strict=strict, progress=progress, classes=read_report.classes,
+    )
+    if len(arrays) == 0:
+        raise DatasetError(f"{path}: no face survived preprocessing ({pre_report.summary()})",
+                           hint="try detect='none' for pre-cropped faces, or fallback_center=True")
+    arrays.meta.update({
+        "path": str(path),
+        "layout": read_report.layout,
+        "read_report": read_report.to_dict(),
+        "preprocess_report": pre_report.to_dict(),
+    })
+    return arrays
+
+
+def _load_synth(path: Path, classes: Iterable[str] | str | None, options: dict[str, Any]) -> FaceArrays:
+    # Imported here: the shard reader belongs to the synth side and may pull heavier deps.
+    from fertk.data.shards import read_arrays
+
+    keep = options.pop("keep", ())
+    if options:
+        raise DatasetError(f"{path} is a `fertk synth` output; reader options {', '.join(sorted(options))} do not apply")
+    return read_arrays(path, classes=resolve_classes(classes, keep))
+
+
+__all__ = ["default_cache_dir", "is_synth_dataset", "load_arrays"]
