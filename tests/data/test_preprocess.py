@@ -191,7 +191,7 @@ def test_unreadable_images_are_counted_or_strict(tmp_path: Path) -> None:
 def test_gray_false_and_size_and_label_order(tmp_path: Path) -> None:
     root = make_folder_dataset(tmp_path / "d", ("surprise", "anger"), per_class=2, subjects=2, size=96)
     records, _ = read_folder(root, subject_pattern=r"^(s\d+)_")
-    arrays, report = preprocess_records(records, PreprocessConfig(size=40, gray=False))
+    arrays, report = preprocess_records(records, PreprocessConfig(size=40, gray=False), progress=True)
     assert arrays.images.shape == (4, 40, 40, 3) and report.kept == 4
     assert arrays.classes == ("anger", "surprise")  # fertk.emotions order when not given
     assert sorted(arrays.subjects.tolist()) == ["s00", "s00", "s01", "s01"]

@@ -407,6 +407,8 @@ def _write_cache(path: Path, entries: dict[str, tuple[int, np.ndarray, str]], co
 
 def _work(record: FaceRecord, config: PreprocessConfig) -> tuple[int, np.ndarray | None, str]:
     """(status, face or None, reason) for one record; never raises for data problems."""
+    import cv2
+
     try:
         face, fallback = _load_face(record, config)
         return _OK, face, "fallback" if fallback else ""
@@ -414,6 +416,8 @@ def _work(record: FaceRecord, config: PreprocessConfig) -> tuple[int, np.ndarray
         return _NO_FACE, None, str(exc)
     except DatasetError as exc:
         return _UNREADABLE, None, str(exc)
+    except cv2.error as exc:  # an image OpenCV decodes but cannot convert (odd channel layouts)
+        return _UNREADABLE, None, f"{record.key}: OpenCV cannot process it ({str(exc).strip().splitlines()[-1]})"
 
 
 def _resolve_classes(records: Sequence[FaceRecord], classes: Sequence[str] | None) -> tuple[str, ...]:
