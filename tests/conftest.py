@@ -24,6 +24,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA device"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep preprocess/artifact caches of the test session out of the user's cache directory."""
+    cache = tmp_path_factory.mktemp("fertk-cache")
+    os.environ["FERTK_CACHE_DIR"] = str(cache)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """The golden-vector folder, or skip when this checkout has none beside it."""
