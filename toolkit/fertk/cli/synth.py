@@ -26,7 +26,7 @@ _FILT = "Quality filter"
 @synth_app.callback()
 def synth(
     ctx: typer.Context,
-    n: Optional[int] = typer.Option(None, "--n", help="Number of identities (each gets every emotion).", rich_help_panel=_OUT),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Number of identities (each gets every emotion).", rich_help_panel=_OUT),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (created; rerun to resume).", rich_help_panel=_OUT),
     seed: int = typer.Option(0, "--seed", help="Base seed: identity i's seed is SplitMix64(seed) output i.", rich_help_panel=_OUT),
     emotions: Optional[str] = typer.Option(None, "--emotions", help="Comma list (default: the six Ekman emotions).", rich_help_panel=_OUT),

@@ -295,6 +295,7 @@ class ShardWriter:
         self.written = 0
         self.manifest_lines: list[str] = []
         self.result = ShardResult(shard, faces)
+        self.target: Path = layout.root  # named in write errors; subclasses set their shard file
 
     def add(self, images: np.ndarray, rows: ShardRows, pngs: Sequence[bytes] | None = None) -> None:
         """Append faces [F', H, W] uint8 with their rows (and PNG bytes when the format needs them)."""
@@ -308,7 +309,7 @@ class ShardWriter:
         try:
             files = self._add_impl(images, rows, pngs)
         except OSError as exc:
-            raise _io_error(getattr(exc, "filename", None) or self.layout.root, exc) from None
+            raise _io_error(getattr(exc, "filename", None) or self.target, exc) from None
         self.manifest_lines.extend(_manifest_lines(rows, self.shard, self.written, files))
         self.written += len(images)
 
@@ -319,7 +320,7 @@ class ShardWriter:
         try:
             self._commit_impl()
         except OSError as exc:
-            raise _io_error(getattr(exc, "filename", None) or self.layout.root, exc) from None
+            raise _io_error(getattr(exc, "filename", None) or self.target, exc) from None
         part = "".join(self.manifest_lines).encode()
         part_path = self.layout.manifest_part_path(self.shard)
         write_bytes_atomic(part_path, part)
@@ -360,7 +361,7 @@ class WdsShardWriter(ShardWriter):
     def __init__(self, layout: DatasetLayout, shard: int, faces: int, image_shape: tuple[int, int]) -> None:
         super().__init__(layout, shard, faces, image_shape)
         self.rel = layout.shard_file(shard)
-        self.final = layout.root / self.rel
+        self.final = self.target = layout.root / self.rel
         self.tmp = self.final.with_name(self.final.name + ".tmp")
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +407,7 @@ class NpyShardWriter(ShardWriter):
         super().__init__(layout, shard, faces, image_shape)
         self.rel = layout.shard_file(shard)
         self.labels_rel = layout.labels_file(shard)
-        self.final = layout.root / self.rel
+        self.final = self.target = layout.root / self.rel
         self.tmp = self.final.with_name(self.final.name + ".tmp")
         self.labels: list[np.ndarray] = []
         try:

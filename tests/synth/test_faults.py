@@ -1,0 +1,128 @@
+"""Real processes: SIGKILL at several points then resume, a full disk, torchrun with two ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fertk.data.shards import verify_dataset
+from fertk.synth import SynthOptions, run_synth
+
+ARGS = ["--n", "24", "--shard-size", "3", "--batch", "3"]   # 8 shards of 18 faces
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("FERTK_DEBUG", None)
+    return env
+
+
+def _reference(tmp_path: Path, **kw) -> Path:
+    out = tmp_path / "reference"
+    run_synth(SynthOptions(out=str(out), n=24, shard_size=3, batch=3, **kw))
+    return out
+
+
+def _records(out: Path) -> int:
+    folder = out / ".fertk" / "records"
+    return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+
+
+def _mid_shard(out: Path) -> bool:
+    return any((out / "shards").glob("*.tmp")) if (out / "shards").is_dir() else False
+
+
+def test_sigkill_at_several_points_then_resume_gives_the_same_bytes(tmp_path, cli_script, hashes):
+    reference = _reference(tmp_path)
+    out = tmp_path / "killed"
+    command = [sys.executable, str(cli_script), "synth", *ARGS, "--out", str(out)]
+    killed_states = []
+    for after_records in (0, 2, 5):
+        proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _records(out) >= after_records and _mid_shard(out):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+        if proc.returncode == -signal.SIGKILL:
+            killed_states.append(_records(out))
+            assert not (out / "manifest.csv").exists()
+    # At least two of the kills landed mid-run (the run is fast; a kill may come too late).
+    assert len(killed_states) >= 2, killed_states
+    finish = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    assert hashes(out) == hashes(reference)
+    assert verify_dataset(out).ok
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_is_a_clear_error_and_counts_nothing(tmp_path, cli_script, hashes):
+    out = tmp_path / "full"
+    # Every file is capped at 40 kB (RLIMIT_FSIZE: writes past it fail with EFBIG, like a full disk);
+    # a shard's tar is ~100 kB, so the first shard cannot be completed.
+    proc = subprocess.run([sys.executable, str(cli_script), "synth", *ARGS, "--out", str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limit_file_size(40_000))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert lines[0].startswith("error: cannot write ") and "File too large" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert _records(out) == 0 and not (out / "manifest.csv").exists()
+    assert not list((out / "shards").glob("*.tar"))
+    report = verify_dataset(out)
+    assert not report.ok and all("unfinished" in p for p in report.problems[:-1])
+    # With room again, the same command completes the identical dataset.
+    done = subprocess.run([sys.executable, str(cli_script), "synth", *ARGS, "--out", str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert hashes(out) == hashes(_reference(tmp_path))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_is_a_clear_error(tmp_path):
+    from fertk.errors import DatasetError
+
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        with pytest.raises(DatasetError, match="cannot create"):
+            run_synth(SynthOptions(out=str(parent / "d"), n=2, shard_size=1))
+    finally:
+        parent.chmod(0o755)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_torchrun_two_ranks_match_a_single_process_run(tmp_path, cli_script, hashes):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "ranks"
+    # `-n`, not `--n`: torchrun's argument parser takes `--n` for an abbreviation of its own options.
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(cli_script), "synth",
+         "-n", "10", "--shard-size", "2", "--batch", "2", "--format", "npy", "--out", str(out), "--json"],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = {json.loads((out / ".fertk" / "records" / f"shard-{s:06d}.json").read_text())["rank"] for s in range(5)}
+    assert ranks == {0, 1}
+    single = tmp_path / "single"
+    run_synth(SynthOptions(out=str(single), n=10, shard_size=2, batch=2, format="npy"))
+    assert hashes(out) == hashes(single)
+    assert verify_dataset(out).ok
