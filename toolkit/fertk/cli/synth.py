@@ -90,6 +90,7 @@ def synth(
 
 
 def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
+    """Run with a rich progress bar on stderr, started at the first update (errors come bar-free)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (
@@ -97,16 +98,24 @@ def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
         TextColumn("{task.fields[rate]} faces/s"), TextColumn("shards {task.fields[shards]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("synth", total=None, counts="-", rate="-", shards="-")
+    bar = Progress(*columns, console=err, transient=False)
+    task = None
 
-        def on_progress(event) -> None:  # type: ignore[no-untyped-def]
-            rate = event.faces_done / event.elapsed if event.elapsed > 0 else 0.0
-            bar.update(task, total=event.faces_total, completed=event.faces_done, rate=f"{rate:,.0f}",
-                       counts=f"{event.faces_done:,}/{event.faces_total:,}",
-                       shards=f"{event.shards_done}/{event.shards_total}")
+    def on_progress(event) -> None:  # type: ignore[no-untyped-def]
+        nonlocal task
+        if task is None:
+            task = bar.add_task("synth", total=max(1, event.faces_total), counts="-", rate="-", shards="-")
+            bar.start()
+        rate = event.faces_done / event.elapsed if event.elapsed > 0 else 0.0
+        bar.update(task, total=max(1, event.faces_total), completed=event.faces_done, rate=f"{rate:,.0f}",
+                   counts=f"{event.faces_done:,}/{event.faces_total:,}",
+                   shards=f"{event.shards_done}/{event.shards_total}")
 
+    try:
         return run_synth(options, progress=on_progress)
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def _render(result) -> None:  # type: ignore[no-untyped-def]
