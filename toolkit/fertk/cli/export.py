@@ -1,0 +1,181 @@
+"""`fertk export`: a model (registry name, `pipeline`, or an .onnx file) → artifact (+ TensorRT engine)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fertk.cli import app
+from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.errors import DatasetError, InvalidInputError
+
+
+def _parse_config(text: str | None) -> dict[str, Any]:
+    """--config: inline JSON object or a path to a .json file."""
+    if not text:
+        return {}
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise InvalidInputError(f"--config {text!r} is neither a JSON object nor a JSON file")
+        source = path.read_text()
+    try:
+        data = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--config is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError("--config must be a JSON object")
+    return data
+
+
+def _load_calibration(path: str | None) -> Any:
+    """--calib: a dataset folder (any layout fertk reads), an .npy array or an .npz of named arrays."""
+    if path is None:
+        return None
+    import numpy as np
+
+    source = Path(path)
+    if not source.exists():
+        raise DatasetError(f"calibration data {source} does not exist")
+    if source.suffix == ".npy":
+        return np.load(source, allow_pickle=False)
+    if source.suffix == ".npz":
+        with np.load(source, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+    if source.is_dir():
+        from fertk.data.datasets import load_arrays
+
+        return load_arrays(source, progress=True)
+    raise DatasetError(f"calibration data {source} is not a dataset folder, .npy or .npz file")
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _list(root: str | None, json_output: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fertk.export.artifacts import artifacts_root, list_artifacts
+
+    rows = list_artifacts(root)
+    if json_output:
+        print_json([r.to_dict() for r in rows])
+        return
+    where = root or str(artifacts_root())
+    if not rows:
+        err.print(f"no artifacts under {escape(where)}")
+        return
+    table = Table("name", "size", "parity", "max abs err", "variants", "created", "path", title=escape(where))
+    for r in rows:
+        error = "-" if r.max_error is None else f"{r.max_error:.2e}"
+        parity = {"pass": "[green]pass[/]", "FAIL": "[red]FAIL[/]"}.get(r.parity, "[dim]none[/]")
+        table.add_row(escape(r.name), _human_size(r.size_bytes), parity, error, ",".join(r.variants),
+                      r.created, escape(r.path))
+    out.print(table)
+
+
+@app.command("export")
+def export(
+    model: str = typer.Argument(None, help="Registry name (fer-cnn, stargan, stylegan2, procedural, pipeline) "
+                                           "or a path to an .onnx file."),
+    weights: Path = typer.Option(None, "--weights", help="Weights file (safetensors, checkpoint, NVlabs .pkl)."),
+    config: str = typer.Option(None, "--config", help="Architecture/pipeline config: JSON object or .json file."),
+    out_dir: Path = typer.Option(None, "--out", help="Artifact directory (default: the fertk cache)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32, or also build an fp16 / int8 graph (and TensorRT engine with --trt)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine for this GPU."),
+    batch_profile: str = typer.Option("1:64:256", "--batch-profile", help="TensorRT batch profile MIN:OPT:MAX."),
+    calib: str = typer.Option(None, "--calib", help="Calibration data for int8: dataset folder, .npy or .npz."),
+    exporter: str = typer.Option("torchscript", "--exporter", help="torchscript (default) or dynamo."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    list_only: bool = typer.Option(False, "--list", help="List cached artifacts (or those under --out)."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Export a model to an artifact: ONNX + card with a parity report (+ fp16/int8 graphs, TensorRT engine)."""
+    if list_only:
+        _list(str(out_dir) if out_dir else None, json_output)
+        return
+    if model is None:
+        raise InvalidInputError("give a MODEL to export, or --list", hint="fertk models lists the registry names")
+    from fertk.export import ExportOptions, export_model
+
+    options = ExportOptions(opset=opset, exporter=exporter, precision=precision, force=force)
+    build = None
+    if trt:
+        # Fail before the export when TensorRT cannot run here.
+        from fertk.export.tensorrt import BatchProfile, BuildOptions, device_identity, require_tensorrt
+
+        require_tensorrt()
+        device_identity()
+        build = BuildOptions(precision=precision, profile=str(BatchProfile.parse(batch_profile)))
+    calibration = _load_calibration(calib)
+    if precision == "int8" and calibration is None:
+        raise InvalidInputError("--precision int8 needs --calib DATASET (calibration data)")
+
+    def progress(message: str) -> None:
+        err.print(f"[dim]{message}[/]", highlight=False, markup=True)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        artifact = export_model(model, weights=weights, config=_parse_config(config), out=out_dir, options=options,
+                                calibration=calibration, progress=None if json_output else progress)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            err.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+    engine_path = None
+    if build is not None:
+        from fertk.export.tensorrt import ensure_engine
+
+        engine_path = ensure_engine(artifact, build, calibration=calibration,
+                                    progress=None if json_output else progress)
+    if json_output:
+        print_json({"artifact": str(artifact.path), "engine": str(engine_path) if engine_path else None,
+                    "card": artifact.card.to_dict()})
+        return
+    _render(artifact, engine_path)
+
+
+def _render(artifact: Any, engine_path: Path | None) -> None:
+    from rich.markup import escape
+
+    card = artifact.card
+    out.print(f"[bold]{escape(card.name)}[/] → {escape(str(artifact.path))}")
+    out.print(f"  onnx: {card.onnx['file']} opset {card.onnx['opset']}, {card.onnx['nodes']} nodes, "
+              f"{_human_size(card.onnx['size_bytes'])}, exporter {card.onnx['exporter']}")
+    ins = ", ".join(f"{d['name']} {d['dtype']}{d['shape']}" for d in card.inputs)
+    outs = ", ".join(f"{d['name']} {d['dtype']}{d['shape']}" for d in card.outputs)
+    out.print(f"  inputs: {escape(ins)}\n  outputs: {escape(outs)}")
+    if card.parity is None:
+        out.print("  parity: [dim]none (no PyTorch reference for a foreign ONNX file)[/]")
+    else:
+        verdict = "[green]pass[/]" if card.parity["passed"] else "[red]FAIL[/]"
+        out.print(f"  parity vs PyTorch ({card.parity['candidate']}, batch {card.parity['batch']}, "
+                  f"seeds {card.parity['seeds']}): {verdict}")
+        for o in card.parity["outputs"]:
+            extra = f", argmax {o['argmax_agreement']:.1%}" if o.get("argmax_agreement") is not None else ""
+            out.print(f"    {escape(o['name'])}: max abs {o['max_abs']:.3g}, max rel {o['max_rel']:.3g}{extra}")
+    for name, variant in card.variants.items():
+        line = f"  {name}: {variant['file']}"
+        if "parity" in variant:
+            line += " parity " + ("pass" if variant["parity"]["passed"] else "FAIL")
+        if "accuracy" in variant:
+            acc = variant["accuracy"]
+            if "argmax_agreement" in acc:
+                line += f", argmax agreement with fp32 {acc['argmax_agreement']:.1%}"
+            line += f" on {acc['samples']} {'held-out' if acc['held_out'] else 'calibration'} samples"
+        out.print(escape(line))
+    if engine_path is not None:
+        out.print(f"  tensorrt engine: {escape(str(engine_path))}")
