@@ -13,3 +13,4 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 
 # Subcommand modules register on `train_app` when imported (one import line each, below).
+from fertk.cli import train_stargan as _train_stargan  # noqa: E402,F401

@@ -184,19 +184,19 @@ def prepare_images(data: FaceArrays, classes: tuple[str, ...], image_size: int
 def procedural_face_arrays(identities: int, image_size: int, classes: tuple[str, ...], *, seed: int = 0,
                            chunk: int = 32) -> FaceArrays:
     """Every procedural identity (seeded) rendered with every label's prototype expression, color uint8."""
-    from fertk.models.procedural import ProceduralConfig, ProceduralFaces
+    from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus, random_identities
 
     if identities < 1:
         raise InvalidInputError(f"need at least one procedural identity, got {identities}")
     model = ProceduralFaces(ProceduralConfig(resolution=image_size)).eval()
-    ids = model.random_identities(identities, seed)
-    aus = model.expression_aus(list(classes))  # [E, au_dim]; neutral is all zeros
+    ids = random_identities(identities, seed)
+    aus = expression_aus(list(classes))  # [E, au_dim]; neutral is all zeros
     per = len(classes)
     faces = []
     with torch.no_grad():
         for lo in range(0, identities, chunk):
-            block = ids[lo:lo + chunk]
-            rendered = model(block.repeat_interleave(per, dim=0), aus.repeat(len(block), 1))
+            rendered = model.render_expressions(ids[lo:lo + chunk], aus)  # [M, E, 3, S, S]
+            rendered = rendered.reshape(-1, *rendered.shape[2:])
             faces.append(((rendered.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
     images = np.concatenate(faces)
     subjects = np.repeat(np.array([f"procedural-{seed}-{i}" for i in range(identities)]), per)
