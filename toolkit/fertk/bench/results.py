@@ -1,0 +1,244 @@
+"""Bench results: one row per (model, backend, device, precision, batch), the run's machine facts,
+measured peaks and FLOP counts; JSON round trip and `compare` against an earlier run."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fertk.errors import InvalidInputError
+
+SCHEMA = "fertk-bench/1"
+STATUSES = ("ok", "skipped", "error")
+
+
+@dataclass
+class BenchRow:
+    """One measured (or skipped) configuration."""
+
+    model: str
+    backend: str                        # bench backend name, e.g. "torch-cpu-cl", "ort-cpu", "hand-loop-cpu"
+    device: str                         # "cpu" | "cuda"
+    precision: str                      # "fp32" | "fp16" | "bf16" | "int8" (several, comma-joined, when skipped)
+    batch: int | None                   # samples per call (identities for pipelines); None on a skipped backend
+    status: str = "ok"                  # "ok" | "skipped" | "error"
+    reason: str = ""                    # one line: why skipped / what failed / a caveat
+    unit: str = "image"                 # what an item is ("image", "face")
+    items_per_sample: int = 1           # items one batch row makes (6 faces per identity for pipelines)
+    threads: int | None = None          # CPU threads (torch and onnxruntime intra-op alike)
+    items_per_s: float | None = None    # throughput: items per batch / median latency
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    open_s: float | None = None         # opening the engine (deep copy, session, TensorRT build on open)
+    first_call_s: float | None = None   # the first call alone (torch.compile compiles here)
+    gflop_per_sample: float | None = None
+    gflops: float | None = None         # achieved: dense GFLOP per sample × batch / median latency
+    peak_gflops: float | None = None    # measured GEMM peak for this device and precision
+    pct_of_peak: float | None = None
+    host_rss_peak_mib: float | None = None
+    host_rss_delta_mib: float | None = None
+    gpu_torch_peak_mib: float | None = None
+    gpu_used_delta_mib: float | None = None
+    parity_max_abs: float | None = None
+    parity_argmax_agreement: float | None = None
+    parity_passed: bool | None = None
+    speedup_vs_eager: float | None = None      # over torch eager fp32, same model, device and batch
+    speedup_vs_hand_loop: float | None = None  # generators: over the plain PyTorch loop, same device
+    timing: dict[str, Any] = field(default_factory=dict)   # full TimingStats
+    memory: dict[str, Any] = field(default_factory=dict)   # full MemoryUse
+    parity: dict[str, Any] = field(default_factory=dict)   # full ParityReport (per output)
+    engine: dict[str, Any] = field(default_factory=dict)   # engine.describe(): providers really in use, ...
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise InvalidInputError(f"bench row status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def key(self) -> tuple[str, str, str, str, int | None]:
+        """Identity of a row across runs."""
+        return (self.model, self.backend, self.device, self.precision, self.batch)
+
+    @property
+    def ok(self) -> bool:
+        """Measured successfully."""
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (non-finite floats become None)."""
+        return _finite(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BenchRow":
+        """Inverse of to_dict; unknown keys go to `extra`."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = dict(known.pop("extra", {}) or {})
+        extra.update({k: v for k, v in data.items() if k not in names})
+        return cls(**known, extra=extra)
+
+
+@dataclass
+class BenchResults:
+    """A whole bench run."""
+
+    rows: list[BenchRow] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    peaks: list[dict[str, Any]] = field(default_factory=list)
+    bandwidth: list[dict[str, Any]] = field(default_factory=list)
+    flops: dict[str, dict[str, Any]] = field(default_factory=dict)   # per model: FlopCount.to_dict()
+    builds: list[dict[str, Any]] = field(default_factory=list)       # exports, quantisation: model, step, seconds
+    created: str = ""
+    seconds: float = 0.0
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return _finite({
+            "schema": self.schema, "created": self.created, "seconds": self.seconds, "config": self.config,
+            "machine": self.machine, "peaks": self.peaks, "bandwidth": self.bandwidth, "flops": self.flops,
+            "builds": self.builds, "rows": [r.to_dict() for r in self.rows],
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BenchResults":
+        """Inverse of to_dict; refuses other schemas."""
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise InvalidInputError(f"not a fertk bench result (schema {schema!r}, expected {SCHEMA!r})")
+        return cls(
+            rows=[BenchRow.from_dict(r) for r in data.get("rows", [])], config=dict(data.get("config", {})),
+            machine=dict(data.get("machine", {})), peaks=list(data.get("peaks", [])),
+            bandwidth=list(data.get("bandwidth", [])), flops=dict(data.get("flops", {})),
+            builds=list(data.get("builds", [])), created=str(data.get("created", "")),
+            seconds=float(data.get("seconds", 0.0)), schema=schema,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def ok_rows(self) -> list[BenchRow]:
+        """Rows that were measured."""
+        return [r for r in self.rows if r.ok]
+
+    def find(self, model: str, backend: str, precision: str = "fp32", batch: int | None = None,
+             device: str | None = None) -> BenchRow | None:
+        """The measured row with these keys, or None."""
+        for row in self.rows:
+            if (row.ok and row.model == model and row.backend == backend and row.precision == precision
+                    and row.batch == batch and (device is None or row.device == device)):
+                return row
+        return None
+
+
+def load_results(path: str | Path) -> BenchResults:
+    """Read a results JSON written by `fertk bench --out` (or `--json`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"bench results {path} do not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"cannot read bench results {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} is not a fertk bench result (top level is not an object)")
+    return BenchResults.from_dict(data)
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN/inf by None so the JSON is standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# -- comparison ---------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """One row matched across two runs: new / old ratios (> 1 = faster now for throughput)."""
+
+    model: str
+    backend: str
+    device: str
+    precision: str
+    batch: int | None
+    old_items_per_s: float | None
+    new_items_per_s: float | None
+    throughput_ratio: float | None     # new / old items per second
+    old_p50_ms: float | None
+    new_p50_ms: float | None
+    latency_ratio: float | None        # new / old median latency (< 1 = faster now)
+    status: str                        # "both" | "new" (only in the current run) | "gone" (only in the old)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return _finite(asdict(self))
+
+
+def _ratio(new: float | None, old: float | None) -> float | None:
+    if new is None or old is None or old == 0:
+        return None
+    return new / old
+
+
+def compare_results(current: BenchResults, previous: BenchResults) -> list[Comparison]:
+    """Match measured rows of two runs by (model, backend, device, precision, batch)."""
+    old = {r.key: r for r in previous.ok_rows()}
+    new = {r.key: r for r in current.ok_rows()}
+    out = []
+    for key in list(new) + [k for k in old if k not in new]:
+        a, b = old.get(key), new.get(key)
+        status = "both" if a and b else ("new" if b else "gone")
+        out.append(Comparison(
+            model=key[0], backend=key[1], device=key[2], precision=key[3], batch=key[4],
+            old_items_per_s=a.items_per_s if a else None, new_items_per_s=b.items_per_s if b else None,
+            throughput_ratio=_ratio(b.items_per_s if b else None, a.items_per_s if a else None),
+            old_p50_ms=a.p50_ms if a else None, new_p50_ms=b.p50_ms if b else None,
+            latency_ratio=_ratio(b.p50_ms if b else None, a.p50_ms if a else None), status=status,
+        ))
+    return out
+
+
+def fill_speedups(rows: Sequence[BenchRow], *, eager_backends: Mapping[str, str],
+                  hand_loop_backends: Mapping[str, str], hand_loop_models: Mapping[str, str]) -> None:
+    """Set speedup_vs_eager / speedup_vs_hand_loop on measured rows, in place.
+
+    `eager_backends` maps a device to its torch-eager backend name; the baseline is that backend at
+    fp32 for the same model, device and batch. `hand_loop_backends` maps a device to the hand-loop
+    backend name, and `hand_loop_models` maps a model to the model whose hand-loop rows are its
+    baseline (the same weights); hand-loop throughput is per item, so the best hand-loop batch is used.
+    """
+    measured = [r for r in rows if r.ok and r.items_per_s]
+    index = {r.key: r for r in measured}
+    for row in measured:
+        eager = eager_backends.get(row.device)
+        base = index.get((row.model, eager, row.device, "fp32", row.batch)) if eager else None
+        row.speedup_vs_eager = row.items_per_s / base.items_per_s if base and base.items_per_s else None
+        loop_backend = hand_loop_backends.get(row.device)
+        loop_model = hand_loop_models.get(row.model)
+        if loop_backend and loop_model and row.backend != loop_backend:
+            loops = [r.items_per_s for r in measured if r.model == loop_model and r.backend == loop_backend
+                     and r.device == row.device]
+            row.speedup_vs_hand_loop = row.items_per_s / max(loops) if loops else None
+
+
+def rows_where(rows: Iterable[BenchRow], **match: Any) -> list[BenchRow]:
+    """Rows whose attributes equal every keyword given."""
+    return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]

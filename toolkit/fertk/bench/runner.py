@@ -1,0 +1,610 @@
+"""`run_bench`: every selected model × backend × precision × batch, timed against the measured peak.
+
+Order of work for one model: build it (PyTorch fp32, the reference), count its FLOPs, then for
+each backend and precision open one engine (exporting / quantising once per model when a graph
+backend needs it, timed and listed under `builds`), and for each batch: pre-generate a few input
+batches, time calls in rotation (first call and warm-up excluded), read the row's peak memory,
+and measure parity on a small seeded batch against the PyTorch fp32 outputs. Rows that cannot
+run say why; a row that fails records its one-line error and the run goes on.
+
+Threads: torch.set_num_threads(T) for the whole run and intra_op_num_threads=T for every
+onnxruntime session, T = --threads or torch's default; T is recorded in every CPU row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fertk.bench.backends import BACKENDS, EAGER, HAND_LOOP, BenchBackend, availability, get_backend
+from fertk.bench.flops import FlopCount, count_flops
+from fertk.bench.models import MODELS, BenchModel, BenchSubject, BuildContext, calibration_data, get_model
+from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak, torch_threads
+from fertk.bench.results import BenchResults, BenchRow, fill_speedups
+from fertk.bench.timing import MemoryWatch, TimingPolicy, time_calls
+from fertk.errors import FertkError, InvalidInputError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_BATCHES = (1, 8, 32, 128, 256)
+PARITY_BATCH = 4            # parity runs on min(batch, PARITY_BATCH) seeded samples
+PARITY_SEED = 4242
+ROTATION_BYTES = 64 * 2**20  # pre-generated inputs per row: enough batches to exceed the CPU's last-level cache
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    """What to bench and how long (JSON-able)."""
+
+    models: tuple[str, ...] = tuple(MODELS)
+    backends: tuple[str, ...] = tuple(BACKENDS)
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    precisions: tuple[str, ...] = PRECISIONS
+    threads: int | None = None          # CPU threads for torch and onnxruntime; None: torch's default
+    budget_s: float = 2.0               # timed seconds per row
+    warmup_s: float = 0.3
+    min_iterations: int = 3
+    max_call_s: float = 10.0            # rows whose single call is estimated longer are skipped (with the estimate)
+    peak_budget_s: float | None = None  # seconds per GEMM peak; None: budget_s, kept within [0.2, 2]
+    scale: str = "paper"                # model sizes: "paper" or "small" (golden-vector sizes)
+    parity: bool = True
+    weights: dict[str, str] = field(default_factory=dict)   # model key -> weights file
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        self.models = tuple(self.models)
+        self.backends = tuple(self.backends)
+        self.precisions = tuple(self.precisions)
+        self.batches = tuple(int(b) for b in self.batches)
+        for key in self.models:
+            get_model(key)
+        for name in self.backends:
+            get_backend(name)
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise InvalidInputError(f"unknown precision {bad[0]!r}", hint="choose from " + ", ".join(PRECISIONS))
+        if not self.models or not self.backends or not self.batches or not self.precisions:
+            raise InvalidInputError("bench needs at least one model, backend, batch and precision")
+        if any(b < 1 for b in self.batches):
+            raise InvalidInputError(f"batch sizes must be >= 1, got {list(self.batches)}")
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {self.threads}")
+        if self.budget_s <= 0 or self.max_call_s <= 0 or (self.peak_budget_s is not None and self.peak_budget_s <= 0):
+            raise InvalidInputError("time budgets must be positive")
+        if self.peak_budget_s is None:
+            self.peak_budget_s = min(2.0, max(0.2, self.budget_s))
+
+    def policy(self) -> TimingPolicy:
+        """The timing policy of every row."""
+        return TimingPolicy(budget_s=self.budget_s, warmup_s=self.warmup_s, warmup_iterations=1,
+                            min_iterations=self.min_iterations)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        data = asdict(self)
+        for key in ("models", "backends", "batches", "precisions"):
+            data[key] = list(data[key])
+        return data
+
+
+def quick_config(**overrides: Any) -> BenchConfig:
+    """`fertk bench --quick`: the FER CNN and the procedural pipeline on the CPU backends, short budgets."""
+    base: dict[str, Any] = dict(
+        models=("fer-cnn:paper", "pipeline:procedural"),
+        backends=("torch-cpu", "torch-cpu-cl", "ort-cpu", "hand-loop-cpu"),
+        batches=(1, 32), precisions=("fp32", "int8"), budget_s=1.0, warmup_s=0.2,
+        max_call_s=5.0, scale="small", quick=True,
+    )
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return BenchConfig(**base)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir: str | Path | None = None) -> BenchResults:
+    """Run the bench described by `config`; exports and engines go to `workdir` (a temp dir by default)."""
+    import torch
+
+    from fertk.sysinfo import collect_info
+
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    threads = config.threads or torch.get_num_threads()
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="fertk-bench-"))
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(torch_threads(threads))
+        # Cold, private caches: compile and export times are what a first run costs.
+        stack.enter_context(_environ(TORCHINDUCTOR_CACHE_DIR=str(workdir / "inductor"),
+                                     FERTK_CACHE=str(workdir / "cache")))
+        machine = collect_info()
+        machine["bench_threads"] = threads
+        results = BenchResults(config=config.to_dict(), machine=machine,
+                               created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        available = availability()
+        state = _RunState(config, results, available, threads, workdir, say)
+        state.measure_peaks()
+        for key in config.models:
+            state.run_model(get_model(key))
+            gc.collect()
+        fill_speedups(results.rows, eager_backends=EAGER, hand_loop_backends=HAND_LOOP,
+                      hand_loop_models={k: "pipeline:" + k.split(":", 1)[1] for k in MODELS
+                                        if k.startswith(("pipeline:", "synth:"))})
+        results.seconds = round(time.perf_counter() - started, 2)
+        return results
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for a block (only those not already set by the user)."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class _RunState:
+    """Everything one run shares: config, peaks, availability, per-model caches."""
+
+    def __init__(self, config: BenchConfig, results: BenchResults, available: dict[str, tuple[bool, str]],
+                 threads: int, workdir: Path, say: Progress) -> None:
+        self.config = config
+        self.results = results
+        self.available = available
+        self.threads = threads
+        self.workdir = workdir
+        self.say = say
+        self.peaks: dict[tuple[str, str], float] = {}
+        self.ctx = BuildContext(workdir=workdir, scale=config.scale, weights=dict(config.weights))
+
+    # -- the limit ---------------------------------------------------------------------------------
+    def measure_peaks(self) -> None:
+        """GEMM peak per (device, precision) the selected runnable backends need; bandwidth on GPU."""
+        wanted: set[tuple[str, str]] = set()
+        for name in self.config.backends:
+            backend = BACKENDS[name]
+            if not self.available.get(backend.requires, (False, ""))[0]:
+                continue
+            wanted.add((backend.device, "fp32"))
+            for precision in self.config.precisions:
+                if precision in backend.precisions:
+                    wanted.add((backend.device, precision))
+        for device, precision in sorted(wanted):
+            if device == "cpu" and precision == "fp16":
+                continue
+            self.say(f"measuring the {precision} GEMM peak on {device}")
+            try:
+                peak = measure_gemm_peak("cuda" if device == "cuda" else "cpu", precision, threads=self.threads,
+                                         budget_s=self.config.peak_budget_s)
+            except Exception as exc:  # noqa: BLE001 - a missing kernel for one precision is a fact to record
+                self.results.peaks.append({"device": device, "precision": precision, "error": _one_line(exc)})
+                continue
+            self.peaks[(device, precision)] = peak.gflops
+            self.results.peaks.append(peak.to_dict())
+        if any(device == "cuda" for device, _ in wanted):
+            self.say("measuring GPU copy bandwidth")
+            self.results.bandwidth = [b.to_dict() for b in measure_copy_bandwidth("cuda")]
+
+    def peak_for(self, device: str, precision: str) -> float | None:
+        """The measured peak rows of this device/precision are compared with (int8 rows: the int8 peak)."""
+        return self.peaks.get((device, precision)) or self.peaks.get((device, "fp32"))
+
+    # -- one model ---------------------------------------------------------------------------------
+    def run_model(self, model: BenchModel) -> None:
+        """All rows of one model."""
+        self.say(f"[{model.key}] building ({self.config.scale} scale)")
+        backends = [BACKENDS[n] for n in self.config.backends if self._applies(model, BACKENDS[n])]
+        try:
+            subject, build_s = _timed(lambda: model.build(self.ctx))
+        except Exception as exc:  # noqa: BLE001 - one model failing does not end the run
+            for backend in backends:
+                self.add(BenchRow(model.key, backend.name, backend.device, ",".join(self._precisions(backend)),
+                                  None, status="error", reason=f"building the model failed: {_one_line(exc)}"))
+            return
+        self.results.builds.append({"model": model.key, "step": "build PyTorch model", "seconds": round(build_s, 3)})
+        flops = self._flops(model, subject)
+        runner = _ModelRunner(self, model, subject, flops)
+        try:
+            # The eager fp32 baseline first: it is also the parity reference's twin.
+            for backend in sorted(backends, key=lambda b: not b.eager_fp32):
+                runner.run_backend(backend)
+        finally:
+            runner.close()
+
+    def _applies(self, model: BenchModel, backend: BenchBackend) -> bool:
+        if backend.engine == "hand-loop":
+            return model.key.startswith("pipeline:")
+        if model.synth_generator is not None:
+            # synth takes backend, device and precision only: no compile / channels_last / graphs options.
+            return not backend.options or set(backend.options) == {"provider"} and backend.options["provider"] != "tensorrt"
+        return True
+
+    def _precisions(self, backend: BenchBackend) -> list[str]:
+        return [p for p in self.config.precisions if p in backend.precisions]
+
+    def _flops(self, model: BenchModel, subject: BenchSubject) -> FlopCount | None:
+        try:
+            with torch_threads(self.threads):
+                count = count_flops(subject.module, subject.make_inputs(2, 0))
+        except Exception as exc:  # noqa: BLE001 - FLOPs are informative; a row can stand without them
+            self.results.flops[model.key] = {"error": _one_line(exc)}
+            return None
+        self.results.flops[model.key] = count.to_dict()
+        return count
+
+    def add(self, row: BenchRow) -> None:
+        """Append a row and report it on the progress line."""
+        self.results.rows.append(row)
+        if row.ok:
+            self.say(f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: "
+                     f"{row.items_per_s:.1f} {row.unit}/s, p50 {row.p50_ms:.2f} ms")
+        else:
+            self.say(f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: {row.status}: {row.reason}")
+
+
+class _ModelRunner:
+    """Rows of one model: engines per backend/precision, inputs per batch, the parity reference."""
+
+    def __init__(self, state: _RunState, model: BenchModel, subject: BenchSubject, flops: FlopCount | None) -> None:
+        self.state = state
+        self.config = state.config
+        self.model = model
+        self.subject = subject
+        self.flops = flops
+        self.artifact: Any = None
+        self.calibration: Any = None
+        self._reference: Any = None
+        self._reference_out: dict[int, dict[str, Any]] = {}
+        self._estimates: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def close(self) -> None:
+        """Release the reference engine."""
+        if self._reference is not None:
+            self._reference.close()
+
+    # -- per backend -------------------------------------------------------------------------------
+    def run_backend(self, backend: BenchBackend) -> None:
+        """Rows of one backend: skipped with the reason, or one engine per precision over the batches."""
+        state = self.state
+        precisions = state._precisions(backend)
+        if not precisions:
+            return
+        ok, reason = state.available.get(backend.requires, (False, f"unknown backend row {backend.requires}"))
+        if not ok:
+            state.add(BenchRow(self.model.key, backend.name, backend.device, ",".join(precisions), None,
+                               status="skipped", reason=reason))
+            return
+        for precision in precisions:
+            if self.model.synth_generator is not None:
+                self._run_synth(backend, precision)
+                continue
+            try:
+                runner, open_s, open_memory, describe = self._open(backend, precision)
+            except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
+                for batch in self.config.batches:
+                    state.add(self._row(backend, precision, batch, status="error",
+                                        reason=f"opening the engine failed: {_one_line(exc)}"))
+                continue
+            try:
+                for batch in self.config.batches:
+                    row = self._run_batch(backend, precision, batch, runner)
+                    row.open_s = round(open_s, 4)
+                    row.engine = describe
+                    row.extra["open_rss_delta_mib"] = open_memory
+                    state.add(row)
+            finally:
+                runner.close()
+
+    def _row(self, backend: BenchBackend, precision: str, batch: int | None, **fields_: Any) -> BenchRow:
+        return BenchRow(self.model.key, backend.name, backend.device, precision, batch, unit=self.subject.unit,
+                        items_per_sample=self.subject.items_per_sample,
+                        threads=self.state.threads if backend.device == "cpu" else None, **fields_)
+
+    def _open(self, backend: BenchBackend, precision: str) -> tuple["_Callable", float, float, dict[str, Any]]:
+        """An engine (or the hand loop) ready to run, the seconds opening took and its RSS rise."""
+        with MemoryWatch() as watch:
+            start = time.perf_counter()
+            runner = self._open_inner(backend, precision)
+            open_s = time.perf_counter() - start
+        assert watch.result is not None
+        return runner, open_s, round(watch.result.host_rss_delta_mib, 1), runner.describe()
+
+    def _open_inner(self, backend: BenchBackend, precision: str) -> "_Callable":
+        from fertk.engines import open_engine
+
+        subject = self.subject
+        device = backend.device
+        if backend.engine == "hand-loop":
+            assert subject.hand_loop is not None
+            subject.hand_loop.prepare(device)
+            return _Callable(subject.hand_loop, {"backend": "hand-loop", "device": device,
+                                                 "precision": "fp32"}, numpy_inputs=True)
+        if backend.engine == "torch":
+            engine = open_engine(subject.module, backend="torch", device=device, precision=precision,
+                                 input_specs=subject.input_specs, output_specs=subject.output_specs,
+                                 **backend.options)
+            return _Callable(engine.run, engine.describe(), closer=engine.close, numpy_inputs=device == "cpu")
+        artifact = self._ensure_artifact(precision if backend.engine == "ort" and backend.options.get("provider") != "tensorrt"
+                                         else "fp32")
+        if backend.engine == "ort":
+            options = dict(backend.options)
+            if device == "cpu":
+                options["intra_op_threads"] = self.state.threads
+            else:
+                options["trt_cache_dir"] = str(self.state.workdir / "trt-cache")
+            engine = open_engine(artifact.path, backend="ort", device=device, precision=precision, **options)
+        else:
+            top = max(self.config.batches)
+            options = {"batch_profile": f"1:{top}:{top}"}
+            if precision == "int8":
+                options["calibration"] = self._calibration()
+            engine = open_engine(artifact.path, backend="trt", device=device, precision=precision, **options)
+        return _Callable(engine.run, engine.describe(), closer=engine.close, numpy_inputs=device == "cpu")
+
+    def _calibration(self) -> Any:
+        if self.calibration is None:
+            self.calibration = calibration_data(self.subject)
+        return self.calibration
+
+    def _ensure_artifact(self, precision: str) -> Any:
+        """The model's ONNX artifact (exported once per model) with the `precision` graph variant."""
+        from fertk.export import ExportOptions, add_variant, export_source
+
+        if self.artifact is None:
+            out = self.state.workdir / "artifacts" / self.model.key.replace(":", "-")
+            self.state.say(f"[{self.model.key}] exporting to ONNX (timed)")
+            self.artifact, seconds = _timed(lambda: export_source(self.subject.export_source(), out=out,
+                                                                  options=ExportOptions()))
+            self.state.results.builds.append({"model": self.model.key, "step": "ONNX export + parity check",
+                                              "seconds": round(seconds, 3)})
+        if precision != "fp32" and precision not in self.artifact.card.variants:
+            calibration = self._calibration() if precision == "int8" else None
+            self.state.say(f"[{self.model.key}] building the {precision} graph (timed)")
+            # Bench measures INT8 accuracy; it does not gate on it (export does, by default).
+            options = ExportOptions(precision=precision, int8_min_agreement=0.0)
+            _, seconds = _timed(lambda: add_variant(self.artifact, precision, source=self.subject.export_source(),
+                                                    calibration=calibration, options=options))
+            self.state.results.builds.append({"model": self.model.key, "step": f"{precision} graph"
+                                              + (" (QDQ static quantisation)" if precision == "int8" else ""),
+                                              "seconds": round(seconds, 3),
+                                              "checks": self.artifact.card.variants.get(precision, {}).get(
+                                                  "accuracy" if precision == "int8" else "parity")})
+        return self.artifact
+
+    # -- per batch ---------------------------------------------------------------------------------
+    def _run_batch(self, backend: BenchBackend, precision: str, batch: int, runner: "_Callable") -> BenchRow:
+        estimate = self._estimate(backend, precision, batch)
+        if estimate is not None and estimate > self.config.max_call_s:
+            return self._row(backend, precision, batch, status="skipped",
+                             reason=f"one call is estimated at ~{estimate:.0f} s (> max_call_s "
+                                    f"{self.config.max_call_s:g} s); raise --max-call-s to run it")
+        try:
+            return self._measure(backend, precision, batch, runner)
+        except MemoryError:
+            gc.collect()
+            return self._row(backend, precision, batch, status="error", reason="out of memory")
+        except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
+            return self._row(backend, precision, batch, status="error", reason=_one_line(exc))
+
+    def _estimate(self, backend: BenchBackend, precision: str, batch: int) -> float | None:
+        """Seconds one call at `batch` should take: scaled from a measured smaller batch, else from FLOPs."""
+        seen = self._estimates.get((backend.name, precision)) or self._estimates.get((EAGER.get(backend.device, ""), "fp32"))
+        if seen is not None:
+            seen_batch, seen_s = seen
+            return seen_s * batch / seen_batch
+        if self.flops is not None:
+            peak = self.state.peak_for(backend.device, "fp32") or 0.0
+            if peak > 0:
+                # A generous efficiency guess (a quarter of peak) for dense work, 1 GFLOP/s per thread otherwise.
+                return batch * (self.flops.dense_per_item / (0.25 * peak * 1e9)
+                                + self.flops.other_per_item / (1e9 * self.state.threads))
+        return None
+
+    def _inputs(self, batch: int, on_cuda: bool) -> list[dict[str, Any]]:
+        sample = self.subject.make_inputs(batch, 0)
+        nbytes = sum(v.nbytes for v in sample.values())
+        count = max(2, min(8, ROTATION_BYTES // max(1, nbytes)))
+        batches = [sample] + [self.subject.make_inputs(batch, seed) for seed in range(1, count)]
+        if on_cuda:
+            import torch
+
+            batches = [{k: torch.as_tensor(v).to("cuda") for k, v in b.items()} for b in batches]
+        return batches
+
+    def _measure(self, backend: BenchBackend, precision: str, batch: int, runner: "_Callable") -> BenchRow:
+        on_cuda = backend.device == "cuda"
+        batches = self._inputs(batch, on_cuda and not runner.numpy_inputs)
+        with MemoryWatch(cuda=on_cuda) as watch:
+            stats = time_calls(runner, batches, batch=batch, policy=self.config.policy(), cuda=on_cuda)
+            watch.snapshot_gpu()
+        del batches
+        assert watch.result is not None
+        self._estimates[(backend.name, precision)] = (batch, stats.p50_ms / 1e3)
+        memory = watch.result
+        row = self._row(backend, precision, batch)
+        per_call_items = batch * self.subject.items_per_sample
+        row.items_per_s = per_call_items / (stats.p50_ms / 1e3) if stats.p50_ms > 0 else None
+        row.p50_ms, row.p95_ms, row.p99_ms = stats.p50_ms, stats.p95_ms, stats.p99_ms
+        row.first_call_s = stats.first_call_s
+        row.timing = stats.to_dict()
+        row.timing["items_per_call"] = per_call_items
+        row.memory = memory.to_dict()
+        row.host_rss_peak_mib = round(memory.host_rss_peak_mib, 1)
+        row.host_rss_delta_mib = round(memory.host_rss_delta_mib, 1)
+        row.gpu_torch_peak_mib = memory.gpu_torch_peak_mib
+        row.gpu_used_delta_mib = memory.gpu_used_delta_mib
+        if self.flops is not None:
+            row.gflop_per_sample = self.flops.dense_per_item / 1e9
+            row.gflops = row.gflop_per_sample * batch / (stats.p50_ms / 1e3)
+            row.peak_gflops = self.state.peak_for(backend.device, precision)
+            if row.peak_gflops:
+                row.pct_of_peak = 100.0 * row.gflops / row.peak_gflops
+        if backend.engine == "hand-loop":
+            row.reason = "parity: n/a (writes PNG files; OpenCV resize)"
+        elif self.config.parity:
+            self._parity(row, runner, batch, on_cuda and not runner.numpy_inputs)
+        if precision == "int8" and self.artifact is not None and backend.engine == "ort":
+            row.extra["int8_accuracy"] = self.artifact.card.variants.get("int8", {}).get("accuracy")
+        return row
+
+    # -- parity ------------------------------------------------------------------------------------
+    def _parity(self, row: BenchRow, runner: "_Callable", batch: int, on_cuda: bool) -> None:
+        from fertk.engines.compare import compare_outputs
+
+        size = min(batch, PARITY_BATCH)
+        inputs = self.subject.make_inputs(size, PARITY_SEED)
+        reference = self._reference_outputs(size, inputs)
+        feed = inputs
+        if on_cuda:
+            import torch
+
+            feed = {k: torch.as_tensor(v).to("cuda") for k, v in inputs.items()}
+        got = runner(feed)
+        errors = compare_outputs(reference, got, self.subject.output_specs, precision=row.precision,
+                                 argmax_outputs=self.subject.argmax_outputs)
+        row.parity = {"batch": size, "seed": PARITY_SEED, "reference": "torch-cpu fp32 (eager)",
+                      "outputs": [e.to_dict() for e in errors]}
+        row.parity_max_abs = max(e.max_abs for e in errors) if errors else None
+        agreements = [e.argmax_agreement for e in errors if e.argmax_agreement is not None]
+        row.parity_argmax_agreement = min(agreements) if agreements else None
+        row.parity_passed = all(e.passed for e in errors)
+
+    def _reference_outputs(self, size: int, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        if size not in self._reference_out:
+            from fertk.engines import open_engine
+
+            if self._reference is None:
+                self._reference = open_engine(self.subject.module, backend="torch", device="cpu", precision="fp32",
+                                              input_specs=self.subject.input_specs,
+                                              output_specs=self.subject.output_specs)
+            self._reference_out[size] = self._reference.run(inputs)
+        return self._reference_out[size]
+
+    # -- synth -------------------------------------------------------------------------------------
+    def _run_synth(self, backend: BenchBackend, precision: str) -> None:
+        """End-to-end `fertk synth` rows: one run per batch with enough identities to fill the budget."""
+        state = self.state
+        if precision == "int8":
+            state.add(self._row(backend, precision, None, status="skipped",
+                                reason="synth opens its engine without calibration data; int8 needs it"))
+            return
+        for batch in self.config.batches:
+            try:
+                row = self._synth_row(backend, precision, batch)
+            except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
+                row = self._row(backend, precision, batch, status="error", reason=_one_line(exc))
+            state.add(row)
+
+    def _synth_row(self, backend: BenchBackend, precision: str, batch: int) -> BenchRow:
+        from fertk.synth import SynthOptions, run_synth
+
+        generator = self.model.synth_generator
+        assert generator is not None
+        pipeline_key = f"pipeline:{generator}"
+        estimate = self._pipeline_call_s(pipeline_key, backend, precision, batch)
+        if estimate is not None and estimate > self.config.max_call_s:
+            return self._row(backend, precision, batch, status="skipped",
+                             reason=f"one engine call is estimated at ~{estimate:.0f} s (> max_call_s "
+                                    f"{self.config.max_call_s:g} s)")
+        calls = 3 if estimate is None else max(2, min(50, math.ceil(self.config.budget_s / max(estimate, 1e-3))))
+        identities = batch * calls
+        config = self.subject.config
+        out = self.state.workdir / "synth" / f"{generator}-{backend.name}-{precision}-{batch}"
+        options = SynthOptions(
+            n=identities, out=str(out), seed=0, generator=generator,
+            generator_weights=config.get("generator_weights"), translator_weights=config.get("translator_weights"),
+            backend=backend.engine, device=backend.device, precision=precision, batch=batch,
+            shard_size=identities, force=True,
+        )
+        with MemoryWatch(cuda=backend.device == "cuda") as watch:
+            result = run_synth(options)
+        assert watch.result is not None
+        row = self._row(backend, precision, batch)
+        row.items_per_s = float(result.faces_per_s) or None
+        row.open_s = round(result.seconds - (result.faces_written / result.faces_per_s if result.faces_per_s else 0.0), 3)
+        row.host_rss_peak_mib = round(watch.result.host_rss_peak_mib, 1)
+        row.host_rss_delta_mib = round(watch.result.host_rss_delta_mib, 1)
+        row.gpu_torch_peak_mib = watch.result.gpu_torch_peak_mib
+        row.gpu_used_delta_mib = watch.result.gpu_used_delta_mib
+        row.memory = watch.result.to_dict()
+        row.engine = dict(result.engine)
+        row.extra["synth"] = {"identities": identities, "faces": result.faces_written, "seconds": result.seconds,
+                              "engine_faces_per_s": result.engine_faces_per_s, "format": result.format}
+        row.reason = "end to end: generate + PNG encode + shard write (pipelined); open_s = everything else"
+        if backend.engine == "ort" and self.config.threads is not None:
+            row.reason += "; onnxruntime threads: synth's default"
+        if self.flops is not None and row.items_per_s:
+            row.gflop_per_sample = self.flops.dense_per_item / 1e9
+            samples_per_s = row.items_per_s / self.subject.items_per_sample
+            row.gflops = row.gflop_per_sample * samples_per_s
+            row.peak_gflops = self.state.peak_for(backend.device, precision)
+            if row.peak_gflops:
+                row.pct_of_peak = 100.0 * row.gflops / row.peak_gflops
+        return row
+
+    def _pipeline_call_s(self, pipeline_key: str, backend: BenchBackend, precision: str, batch: int) -> float | None:
+        """Median call time of the pipeline rows measured earlier in this run (scaled to `batch`)."""
+        candidates = [r for r in self.state.results.rows if r.ok and r.model == pipeline_key
+                      and r.device == backend.device and r.p50_ms]
+        exact = [r for r in candidates if r.backend == backend.name and r.precision == precision]
+        pool = exact or [r for r in candidates if r.backend == EAGER.get(backend.device)] or candidates
+        if not pool:
+            return self._estimate(backend, precision, batch)
+        best = min(pool, key=lambda r: abs(math.log(r.batch / batch)))
+        return best.p50_ms / 1e3 * batch / best.batch
+
+
+class _Callable:
+    """A uniform wrapper around an engine's run (or the hand loop) with its description and closer."""
+
+    def __init__(self, fn: Callable[[Any], Any], description: dict[str, Any], *, closer: Callable[[], None] | None = None,
+                 numpy_inputs: bool = True) -> None:
+        self.fn = fn
+        self.description = description
+        self.closer = closer
+        self.numpy_inputs = numpy_inputs
+
+    def __call__(self, inputs: Any) -> Any:
+        return self.fn(inputs)
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's own description (providers really in use, options)."""
+        return dict(self.description)
+
+    def close(self) -> None:
+        """Close the engine."""
+        if self.closer is not None:
+            self.closer()
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = "" if isinstance(exc, FertkError) else f"{type(exc).__name__}: "
+    return (name + text)[:300]
+
+
+def selected_rows(rows: Sequence[BenchRow], status: str = "ok") -> list[BenchRow]:
+    """Rows with this status."""
+    return [r for r in rows if r.status == status]

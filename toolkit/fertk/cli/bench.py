@@ -1,0 +1,110 @@
+"""`fertk bench`: throughput, latency, memory and parity per model × backend × precision × batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fertk.cli import app
+from fertk.cli._common import JSON_OPTION, err, out, print_json
+
+
+def _split(text: str | None) -> tuple[str, ...] | None:
+    if text is None or text.strip() in ("", "all"):
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _weights(pairs: list[str] | None) -> dict[str, str]:
+    from fertk.errors import InvalidInputError
+
+    result = {}
+    for pair in pairs or []:
+        key, sep, path = pair.partition("=")
+        if not sep or not key or not path:
+            raise InvalidInputError(f"--weights takes MODEL=PATH, got {pair!r}", hint="e.g. --weights fer-cnn:paper=fer.safetensors")
+        result[key.strip()] = path.strip()
+    return result
+
+
+@app.command()
+def bench(
+    models: str = typer.Option(None, "--models", help="Comma-separated bench models (see --list); default all."),
+    backends: str = typer.Option(None, "--backends", help="Comma-separated bench backends; default all (unavailable ones say why)."),
+    batches: str = typer.Option(None, "--batches", help="Comma-separated batch sizes; default 1,8,32,128,256."),
+    precisions: str = typer.Option(None, "--precisions", help="Comma-separated: fp32, fp16, bf16, int8; default all each backend offers."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for torch and onnxruntime alike; default torch's."),
+    budget_s: float = typer.Option(None, "--budget-s", help="Timed seconds per row (default 2; --quick 1)."),
+    max_call_s: float = typer.Option(None, "--max-call-s", help="Skip rows whose single call is estimated longer (default 10 s)."),
+    scale: str = typer.Option(None, "--scale", help="Generator sizes: paper (default) or small (golden-vector sizes)."),
+    weights: list[str] = typer.Option(None, "--weights", help="MODEL=PATH: bench these weights instead of random ones (repeatable)."),
+    no_parity: bool = typer.Option(False, "--no-parity", help="Skip the per-row parity check against PyTorch fp32."),
+    out_dir: Path = typer.Option(None, "--out", help="Write <cpu|gpu>-<date>.json and .png into this folder."),
+    compare: Path = typer.Option(None, "--compare", help="A previous results JSON: print new/old ratios."),
+    quick: bool = typer.Option(False, "--quick", help="About a minute: FER CNN + procedural pipeline on CPU backends."),
+    list_only: bool = typer.Option(False, "--list", help="List bench models and backends, then exit."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Benchmark models across backends, precisions and batch sizes against the measured hardware peak."""
+    from fertk.bench import BACKENDS, MODELS, BenchConfig, quick_config, run_bench
+
+    if list_only:
+        _list(MODELS, BACKENDS, json_output)
+        return
+    previous = None
+    if compare is not None:
+        from fertk.bench import load_results
+
+        previous = load_results(compare)  # fail before the run, not after it
+    options = {
+        "models": _split(models), "backends": _split(backends),
+        "batches": tuple(int(b) for b in _split(batches)) if _split(batches) else None,
+        "precisions": _split(precisions), "threads": threads, "budget_s": budget_s, "max_call_s": max_call_s,
+        "scale": scale, "weights": _weights(weights) or None, "parity": False if no_parity else None,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    config = quick_config(**given) if quick else BenchConfig(**given)
+    from rich.markup import escape
+
+    results = run_bench(config, progress=lambda message: err.print(f"[dim]{escape(message)}[/]", highlight=False))
+    written = None
+    if out_dir is not None:
+        from fertk.bench import write_outputs
+
+        written = write_outputs(results, out_dir)
+    comparisons = None
+    if previous is not None:
+        from fertk.bench import compare_results
+
+        comparisons = compare_results(results, previous)
+    if json_output:
+        data = results.to_dict()
+        if comparisons is not None:
+            data["comparison"] = [c.to_dict() for c in comparisons]
+        print_json(data)
+    else:
+        from fertk.bench import render_comparison, render_table
+
+        render_table(results, out)
+        if comparisons is not None:
+            render_comparison(comparisons, out)
+    if written is not None:
+        err.print(f"wrote {written[0]}" + (f" and {written[1]}" if written[1] else ""), highlight=False)
+
+
+def _list(models: dict, backends: dict, json_output: bool) -> None:
+    if json_output:
+        print_json({"models": {k: m.description for k, m in models.items()},
+                    "backends": {k: b.description for k, b in backends.items()}})
+        return
+    from rich.table import Table
+
+    table = Table("model", "what")
+    for key, model in models.items():
+        table.add_row(key, model.description)
+    out.print(table)
+    table = Table("backend", "device", "precisions", "what")
+    for key, backend in backends.items():
+        table.add_row(key, backend.device, ",".join(backend.precisions), backend.description)
+    out.print(table)
