@@ -48,6 +48,7 @@ def synth(
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16.", rich_help_panel=_RUN),
     batch: int = typer.Option(128, "--batch", help="Identities per engine call.", rich_help_panel=_RUN),
     workers: int = typer.Option(1, "--workers", help="PNG encoding threads.", rich_help_panel=_RUN),
+    compile_graph: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the graph (default: when ≥ 30,000 faces are to be made and a C++ compiler is present).", rich_help_panel=_RUN),
     filter_model: Optional[Path] = typer.Option(None, "--filter", help="FER CNN weights: regenerate identities whose expressions it does not recognise.", rich_help_panel=_FILT),
     filter_threshold: float = typer.Option(0.5, "--filter-threshold", help="Minimum probability of the intended emotion.", rich_help_panel=_FILT),
     filter_attempts: int = typer.Option(8, "--filter-attempts", help="Attempts per identity before keeping the best one.", rich_help_panel=_FILT),
@@ -80,7 +81,7 @@ def synth(
         truncation=truncation, style=style, crop=crop_box, output_size=size,
         filter=str(filter_model) if filter_model else None, filter_threshold=filter_threshold,
         filter_max_attempts=filter_attempts, backend=backend, device=device, precision=precision,
-        batch=batch, workers=workers, preview=str(preview) if preview else None, force=force,
+        batch=batch, workers=workers, compile=compile_graph, preview=str(preview) if preview else None, force=force,
     )
     result = _run_with_progress(options, run_synth)
     if json_output:

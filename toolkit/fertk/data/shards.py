@@ -500,14 +500,23 @@ def layout_of(root: str | Path) -> tuple[DatasetLayout, dict[str, Any]]:
     return DatasetLayout(Path(root), options["options"]["format"]), options
 
 
-def shard_done(layout: DatasetLayout, shard: int) -> bool:
-    """A shard is finished when its record exists and its files have the recorded sizes."""
+def options_fingerprint(record: dict[str, Any]) -> str:
+    """Short hash of what a dataset is (content options + plan): stamped into every shard record."""
+    key = json.dumps({"options": record.get("options"), "plan": record.get("plan")}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def shard_done(layout: DatasetLayout, shard: int, fingerprint: str | None = None) -> bool:
+    """A shard is finished when its record exists (made under `fingerprint`, when given) and its
+    files have the recorded sizes."""
     path = layout.record_path(shard)
     if not path.is_file():
         return False
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
+        return False
+    if fingerprint is not None and record.get("fingerprint") != fingerprint:
         return False
     if layout.fmt == "folder":  # per-file sizes are checked by verify; stat-ing 6 000 files here is waste
         return layout.manifest_part_path(shard).is_file()
@@ -518,9 +527,18 @@ def shard_done(layout: DatasetLayout, shard: int) -> bool:
     return layout.manifest_part_path(shard).is_file()
 
 
-def merge_manifest(layout: DatasetLayout, num_shards: int) -> bool:
+def _record_fingerprint(layout: DatasetLayout, shard: int) -> str | None:
+    try:
+        return json.loads(layout.record_path(shard).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def merge_manifest(layout: DatasetLayout, num_shards: int, fingerprint: str | None = None) -> bool:
     """Write manifest.csv from every shard's part, in shard order, if all are done; idempotent."""
     if not all(layout.record_path(s).is_file() for s in range(num_shards)):
+        return False
+    if fingerprint is not None and any(_record_fingerprint(layout, s) != fingerprint for s in range(num_shards)):
         return False
     tmp = layout.manifest_path.with_name(f".{MANIFEST_FILE}.{os.getpid()}.tmp")
     try:
@@ -687,6 +705,7 @@ def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
     n = int(options["plan"]["n"])
     shard_size = int(options["plan"]["shard_size"])
     report = VerifyReport(str(path), layout.fmt, num_shards, 0)
+    fingerprint = options_fingerprint(options)
     problems = report.problems
     col = {name: i for i, name in enumerate(MANIFEST_COLUMNS)}
     merged_rows = 0
@@ -699,6 +718,9 @@ def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
             problems.append(f"{shard_name(s)}: unfinished (no record)")
             continue
         record = read_json(record_path)
+        if "fingerprint" in record and record["fingerprint"] != fingerprint:
+            problems.append(f"{shard_name(s)}: made with other options (fingerprint {record['fingerprint']})")
+            continue
         for rel, info in record["files"].items():
             target = layout.root / rel
             if not target.is_file():
