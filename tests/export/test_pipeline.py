@@ -122,3 +122,63 @@ def test_onnx_export_dynamic_batch_matches_torch(tmp_path):
             torch_faces = pipeline(torch.from_numpy(latent), torch.from_numpy(intensity)).numpy()
         assert onnx_faces.dtype == np.uint8 and onnx_faces.shape == (batch, 3, 64, 64)
         assert np.abs(onnx_faces.astype(int) - torch_faces.astype(int)).max() <= 1
+
+
+@pytest.fixture
+def gan_weights(tmp_path):
+    """A tiny random StyleGAN2 (32 px) and StarGAN (authors' 7 labels, 16 px), saved as safetensors."""
+    from fertk.models.stargan import StarGANGenerator, save_stargan
+    from fertk.models.stylegan2 import build_stylegan2, save_stylegan2
+
+    generator, _ = build_stylegan2(seed=3)
+    g_path = tmp_path / "g.safetensors"
+    save_stylegan2(generator, g_path)
+    torch.manual_seed(4)
+    translator = StarGANGenerator(conv_dim=8, c_dim=7, repeat_num=1, image_size=16)
+    t_path = tmp_path / "t.safetensors"
+    save_stargan(translator, t_path)
+    return g_path, t_path
+
+
+def test_gan_pipeline_matches_step_by_step(gan_weights):
+    from fertk.models.stargan import load_stargan_generator
+    from fertk.models.stylegan2 import load_stylegan2
+
+    g_path, t_path = gan_weights
+    emotions = ("anger", "happiness", "neutral")
+    config = PipelineConfig(generator="stylegan2", generator_weights=str(g_path), translator_weights=str(t_path),
+                            emotions=emotions, output_size=12, truncation=0.6)
+    pipeline = build_pipeline(config)
+    assert pipeline.latent_kind == "normal" and pipeline.image_size == 32 and pipeline.translator_size == 16
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((2, pipeline.latent_dim)).astype(np.float32)
+    alpha = rng.uniform(0.2, 1.0, (2, 3)).astype(np.float32)
+    with torch.no_grad():
+        fused = pipeline(torch.from_numpy(z), torch.from_numpy(alpha)).numpy()
+    # Independent path: StyleGAN2 → cv2 area resize per channel → StarGAN.translate per emotion → postprocess.
+    generator, _ = load_stylegan2(g_path)
+    translator, _ = load_stargan_generator(t_path)
+    with torch.no_grad():
+        faces = generator(torch.from_numpy(z), None, truncation_psi=0.6, noise_mode="const").clamp(-1, 1).numpy()
+    reference = np.zeros_like(fused)
+    for i in range(2):
+        small = np.stack([cv2.resize(ch, (16, 16), interpolation=cv2.INTER_AREA) for ch in faces[i]])
+        for e, emotion in enumerate(emotions):
+            y = translator.translate(torch.from_numpy(small)[None], emotion, alpha=float(alpha[i, e]))[0]
+            rgb = (y.permute(1, 2, 0).numpy() + 1.0) * 127.5
+            reference[i, e] = _reference_postprocess(rgb.astype(np.float32), config.crop, 12)
+    diff = np.abs(fused.astype(int) - reference.astype(int))
+    assert diff.max() <= 1, f"max diff {diff.max()}"
+
+
+def test_gan_weights_are_checked_up_front(gan_weights, tmp_path):
+    g_path, t_path = gan_weights
+    with pytest.raises(CheckpointError):  # a StarGAN file is not a StyleGAN2 generator
+        build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(t_path),
+                                      translator_weights=str(t_path)))
+    with pytest.raises(CheckpointError, match="not found"):
+        build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(g_path),
+                                      translator_weights=str(tmp_path / "missing.ckpt")))
+    with pytest.raises(InvalidInputError, match="no label for contempt"):
+        build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(g_path),
+                                      translator_weights=str(t_path), emotions=("anger", "contempt")))

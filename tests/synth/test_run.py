@@ -164,3 +164,30 @@ def test_preview_grid(tmp_path):
     faces = read_arrays(tmp_path / "p").images
     # The top-left cell is identity 0's anger face, magnified 2x.
     assert np.array_equal(grid[22:22 + 128:2, 0:128:2], faces[0])
+
+
+def test_gan_path_end_to_end_records_weight_hashes(tmp_path, hashes):
+    from fertk.models.registry import sha256_file
+    from fertk.models.stargan import StarGANGenerator, save_stargan
+    from fertk.models.stylegan2 import build_stylegan2, save_stylegan2
+
+    g_path, t_path = tmp_path / "g.safetensors", tmp_path / "t.safetensors"
+    save_stylegan2(build_stylegan2(seed=1)[0], g_path)
+    torch.manual_seed(2)
+    save_stargan(StarGANGenerator(conv_dim=8, c_dim=7, repeat_num=1, image_size=16), t_path)
+    opts = dict(n=3, shard_size=2, batch=2, generator="stylegan2", generator_weights=str(g_path),
+                translator_weights=str(t_path), output_size=32)
+    result = run_synth(SynthOptions(out=str(tmp_path / "gan"), **opts))
+    assert result.complete and result.faces == 18
+    card = json.loads((tmp_path / "gan" / "dataset_card.json").read_text())
+    assert card["generator"]["sha256"] == sha256_file(g_path)
+    assert card["translator"]["sha256"] == sha256_file(t_path)
+    images = read_arrays(tmp_path / "gan").images
+    assert images.shape == (18, 32, 32) and images.std() > 1
+    run_synth(SynthOptions(out=str(tmp_path / "gan2"), **opts))
+    assert hashes(tmp_path / "gan") == hashes(tmp_path / "gan2")
+    # Other weights under the same name are other options.
+    torch.manual_seed(9)
+    save_stargan(StarGANGenerator(conv_dim=8, c_dim=7, repeat_num=1, image_size=16), t_path)
+    with pytest.raises(OutputExistsError, match="--translator-weights"):
+        run_synth(SynthOptions(out=str(tmp_path / "gan"), **opts))

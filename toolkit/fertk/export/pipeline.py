@@ -214,7 +214,9 @@ class GenerationPipeline(nn.Module):
             self.register_buffer("to_translator", resize, persistent=False)
             self.register_buffer("to_translator_t", resize.t().contiguous(), persistent=False)
         self.channels = channels
-        self.post = Postprocess(self.image_size, config.crop, config.output_size, channels)  # type: ignore[arg-type]
+        # The box is a fraction of the final expression image: the render (procedural) or StarGAN's output.
+        post_size = self.image_size if config.generator == "procedural" else self.translator_size
+        self.post = Postprocess(post_size, config.crop, config.output_size, channels)  # type: ignore[arg-type]
         side = config.output_size
         self.input_specs = (TensorSpec("latent", "float32", ("batch", self.latent_dim)),
                             TensorSpec("intensity", "float32", ("batch", count)))

@@ -29,19 +29,9 @@ def open_generation_engine(module: torch.nn.Module, *, backend: str, device: str
 
 
 def _open(module: torch.nn.Module, **kwargs: Any) -> Engine:
-    import fertk.engines as engines
+    from fertk.engines import open_engine
 
-    # TEMPORARY until engines.open_engine lands: the torch backend directly.
-    if hasattr(engines, "open_engine"):
-        return engines.open_engine(module, **kwargs)
-    from fertk.engines.torch_engine import TorchEngine
-
-    backend = kwargs.pop("backend")
-    if backend not in ("torch", "auto"):
-        from fertk.errors import BackendUnavailableError
-
-        raise BackendUnavailableError(f"backend {backend!r} is not available yet")
-    return TorchEngine(module, kwargs.pop("input_specs"), kwargs.pop("output_specs"), **kwargs)
+    return open_engine(module, **kwargs)
 
 
 class FaceScorer:
