@@ -59,6 +59,7 @@ class BenchConfig:
     peak_budget_s: float | None = None  # seconds per GEMM peak; None: budget_s, kept within [0.2, 2]
     scale: str = "paper"                # model sizes: "paper" or "small" (golden-vector sizes)
     parity: bool = True
+    calibration_samples: int = 256      # INT8 calibration + held-out check (procedural faces for the FER CNN)
     weights: dict[str, str] = field(default_factory=dict)   # model key -> weights file
     quick: bool = False
 
@@ -252,8 +253,9 @@ class _RunState:
         """Append a row and report it on the progress line."""
         self.results.rows.append(row)
         if row.ok:
+            latency = f", p50 {row.p50_ms:.2f} ms" if row.p50_ms is not None else ""
             self.say(f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: "
-                     f"{row.items_per_s:.1f} {row.unit}/s, p50 {row.p50_ms:.2f} ms")
+                     f"{row.items_per_s or 0:.1f} {row.unit}/s{latency}")
         else:
             self.say(f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: {row.status}: {row.reason}")
 
@@ -359,7 +361,7 @@ class _ModelRunner:
 
     def _calibration(self) -> Any:
         if self.calibration is None:
-            self.calibration = calibration_data(self.subject)
+            self.calibration = calibration_data(self.subject, self.config.calibration_samples)
         return self.calibration
 
     def _ensure_artifact(self, precision: str) -> Any:
@@ -377,7 +379,9 @@ class _ModelRunner:
             calibration = self._calibration() if precision == "int8" else None
             self.state.say(f"[{self.model.key}] building the {precision} graph (timed)")
             # Bench measures INT8 accuracy; it does not gate on it (export does, by default).
-            options = ExportOptions(precision=precision, int8_min_agreement=0.0)
+            options = ExportOptions(precision=precision, int8_min_agreement=0.0,
+                                    calibration_batch=min(16, self.config.calibration_samples),
+                                    calibration_samples=self.config.calibration_samples)
             _, seconds = _timed(lambda: add_variant(self.artifact, precision, source=self.subject.export_source(),
                                                     calibration=calibration, options=options))
             self.state.results.builds.append({"model": self.model.key, "step": f"{precision} graph"

@@ -1,0 +1,91 @@
+"""`run_bench` end to end on real models with tiny budgets (statistics checked, never timings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fertk.bench import BenchConfig, run_bench
+from fertk.bench.results import BenchResults
+from fertk.engines import backend_report
+from fertk.errors import InvalidInputError
+
+TINY = dict(budget_s=0.05, warmup_s=0.0, min_iterations=2, peak_budget_s=0.1)
+
+
+def _sane(results: BenchResults) -> None:
+    for row in results.ok_rows():
+        assert row.batch is not None and row.items_per_s and row.items_per_s > 0
+        assert row.p50_ms is not None and row.p95_ms is not None and row.p99_ms is not None
+        assert 0 < row.p50_ms <= row.p95_ms <= row.p99_ms
+        # Throughput is the median call's: items per call / median latency.
+        assert row.items_per_s == pytest.approx(row.batch * row.items_per_sample / (row.p50_ms / 1e3))
+        assert row.timing["iterations"] >= 2
+        assert row.host_rss_peak_mib is not None and row.host_rss_peak_mib > 0
+
+
+def test_fer_cnn_rows_with_parity_flops_and_unavailable_backends(tmp_path: Path) -> None:
+    config = BenchConfig(models=("fer-cnn:paper",), backends=("torch-cpu", "ort-cpu", "torch-cuda", "trt"),
+                         batches=(1, 3), precisions=("fp32", "int8"), threads=1, calibration_samples=48,
+                         **TINY)
+    results = run_bench(config, workdir=tmp_path)
+    _sane(results)
+    available = {r.name: r.available for r in backend_report()}
+    measured = {(r.backend, r.precision, r.batch) for r in results.ok_rows()}
+    assert {("torch-cpu", "fp32", 1), ("torch-cpu", "fp32", 3), ("ort-cpu", "fp32", 1), ("ort-cpu", "int8", 3)} <= measured
+    # Rows that cannot run here appear once per backend, with the one-line reason.
+    for backend, requires in (("torch-cuda", "torch-cuda"), ("trt", "trt")):
+        if not available[requires]:
+            (row,) = [r for r in results.rows if r.backend == backend]
+            assert row.status == "skipped" and row.reason and row.batch is None
+    for row in results.ok_rows():
+        assert row.threads == 1                                   # torch and onnxruntime alike
+        assert row.gflop_per_sample == pytest.approx(0.39663616)
+        assert row.peak_gflops and row.pct_of_peak == pytest.approx(100 * row.gflops / row.peak_gflops)
+        assert row.parity_argmax_agreement is not None
+        if row.precision == "fp32":
+            assert row.parity_passed and row.parity_max_abs < 1e-3
+    ort = results.find("fer-cnn:paper", "ort-cpu", "fp32", 3)
+    assert ort is not None and ort.engine["intra_op_threads"] == 1 and ort.engine["providers"] == ["CPUExecutionProvider"]
+    eager = results.find("fer-cnn:paper", "torch-cpu", "fp32", 3)
+    assert eager is not None and eager.speedup_vs_eager == 1.0
+    assert ort.speedup_vs_eager == pytest.approx(ort.items_per_s / eager.items_per_s)
+    int8 = results.find("fer-cnn:paper", "ort-cpu", "int8", 1)
+    assert int8 is not None and int8.extra["int8_accuracy"]["samples"] > 0
+    # Export and quantisation are timed apart from the rows.
+    steps = [b["step"] for b in results.builds]
+    assert "ONNX export + parity check" in steps and any(s.startswith("int8 graph") for s in steps)
+    assert results.machine["bench_threads"] == 1 and results.peaks[0]["threads"] == 1
+    assert results.flops["fer-cnn:paper"]["gflop_per_item"] == pytest.approx(0.39663616)
+
+
+def test_pipeline_hand_loop_and_synth_rows(tmp_path: Path) -> None:
+    config = BenchConfig(models=("pipeline:procedural", "synth:procedural"), backends=("torch-cpu", "hand-loop-cpu"),
+                         batches=(2,), precisions=("fp32",), threads=1, **TINY)
+    results = run_bench(config, workdir=tmp_path)
+    _sane(BenchResults(rows=[r for r in results.rows if r.model.startswith("pipeline")]))
+    engine = results.find("pipeline:procedural", "torch-cpu", "fp32", 2)
+    loop = results.find("pipeline:procedural", "hand-loop-cpu", "fp32", 2)
+    synth = results.find("synth:procedural", "torch-cpu", "fp32", 2)
+    assert engine and loop and synth, [(r.model, r.backend, r.status, r.reason) for r in results.rows]
+    assert engine.unit == "face" and engine.items_per_sample == 6
+    assert engine.parity_passed
+    assert engine.speedup_vs_hand_loop == pytest.approx(engine.items_per_s / loop.items_per_s)
+    # The hand loop really wrote PNG files.
+    assert list((tmp_path / "hand-loop" / "procedural").glob("*.png"))
+    assert synth.items_per_s and synth.items_per_s > 0 and synth.extra["synth"]["faces"] >= 12
+    assert synth.speedup_vs_hand_loop == pytest.approx(synth.items_per_s / loop.items_per_s)
+    assert not any(r.model.startswith("synth") and r.backend == "hand-loop-cpu" for r in results.rows)
+
+
+def test_bad_selections_are_refused_with_the_choices() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        BenchConfig(models=("resnet",))
+    assert "fer-cnn:paper" in (info.value.hint or "")
+    with pytest.raises(InvalidInputError):
+        BenchConfig(backends=("tpu",))
+    with pytest.raises(InvalidInputError):
+        BenchConfig(precisions=("fp8",))
+    with pytest.raises(InvalidInputError):
+        BenchConfig(batches=(0,))
