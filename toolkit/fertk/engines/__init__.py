@@ -88,7 +88,7 @@ def backend_report() -> list[BackendStatus]:
                 rows.append(BackendStatus(name, True, f"{provider} listed and CUDA present "
                                                       "(the session reports what it really got)"))
     if importlib.util.find_spec("tensorrt") is None:
-        rows.append(BackendStatus("trt", False, "tensorrt is not installed (pip install 'fertk[gpu]' on a CUDA machine)"))
+        rows.append(BackendStatus("trt", False, "tensorrt is not installed (the fertk gpu extra installs it on a CUDA machine)"))
     elif not cuda:
         rows.append(BackendStatus("trt", False, f"tensorrt {package_version('tensorrt')} installed but {no_cuda}"))
     else:
@@ -178,10 +178,10 @@ def open_engine(
         backend, device, chosen = choose_backend(kind, device, precision)
         backend_options = {**chosen, **backend_options}
     elif backend not in _RUNS[kind]:
-        raise InvalidInputError(
-            f"backend {backend!r} cannot open a {kind}",
-            hint={"torch": "the torch backend needs the nn.Module; artifacts run on ort or trt",
-                  "ort": "give the artifact directory or .onnx file", "trt": "give an artifact or .engine file"}[backend])
+        why = {"torch": "the torch backend needs the nn.Module (artifacts run on ort or trt)",
+               "ort": "the ort backend needs a module, an artifact directory or an .onnx file",
+               "trt": "the trt backend needs a module, an artifact directory or a .engine file"}[backend]
+        raise InvalidInputError(f"backend {backend!r} cannot open {'an' if kind[0] in 'aeio' else 'a'} {kind}: {why}")
     _require(backend, device)
     if backend == "torch":
         return _open_torch(source, device or "cpu", precision, input_specs, output_specs, backend_options)

@@ -51,6 +51,10 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise InvalidInputError(f"unknown export precision {self.precision!r}", hint="choose " + ", ".join(PRECISIONS))
+        if not 13 <= self.opset <= 23:
+            raise InvalidInputError(f"opset {self.opset} is outside the supported range 13..23")
+        if self.exporter not in ("torchscript", "dynamo"):
+            raise InvalidInputError(f"unknown exporter {self.exporter!r}", hint="choose torchscript or dynamo")
         if self.parity_batch < 1 or not self.parity_seeds:
             raise InvalidInputError("parity needs a batch >= 1 and at least one seed")
         self.parity_seeds = tuple(int(s) for s in self.parity_seeds)
@@ -183,8 +187,8 @@ def export_model(model: str | Path, *, weights: str | Path | None = None,
         if weights is not None or config:
             raise InvalidInputError("--weights/--config do not apply to an .onnx file")
         return export_onnx_file(text, out=out, options=options, calibration=calibration, progress=progress)
-    _say(progress, f"building {text}")
     source = resolve_model(text, weights=weights, config=config)
+    _say(progress, f"built {source.name} ({type(source.module).__name__}, weights: {source.source or 'n/a'})")
     return export_source(source, out=out, options=options, calibration=calibration, progress=progress)
 
 

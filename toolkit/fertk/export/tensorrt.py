@@ -303,7 +303,7 @@ def require_tensorrt() -> Any:
 
     if importlib.util.find_spec("tensorrt") is None:
         raise BackendUnavailableError("tensorrt is not installed",
-                                      hint="pip install 'fertk[gpu]' on a machine with an NVIDIA GPU")
+                                      hint="install the fertk gpu extra (tensorrt, onnxruntime-gpu, cuda-python) on a machine with an NVIDIA GPU")
     import tensorrt
 
     return tensorrt

@@ -1,0 +1,140 @@
+"""fp16 graphs and INT8 QDQ quantisation with a real accuracy check.
+
+The INT8 check uses a FER CNN briefly trained on a procedurally generated 6-class task (a bright
+blob whose position is the class), so fp32 is confident and argmax agreement measures something:
+on random-init weights the logits are near-ties and agreement would say little.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fertk.data.records import FaceArrays
+from fertk.emotions import EKMAN
+from fertk.engines import open_engine
+from fertk.engines.base import TensorSpec
+from fertk.errors import InvalidInputError, ParityError
+from fertk.export import ExportOptions, export_module
+from fertk.export.onnx import export_onnx
+from fertk.export.quantize import calibration_feeds, convert_fp16, faces_to_input, split_feeds
+
+SIZE = 16
+
+
+def blob_faces(n: int, seed: int) -> FaceArrays:
+    """uint8 [n, 16, 16] faces: class c = a blob at one of six positions, with jitter and noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, n)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    images = np.empty((n, SIZE, SIZE), np.float32)
+    for i, c in enumerate(labels):
+        cy = 4 + 8 * (c // 3) + rng.integers(-1, 2)
+        cx = 3 + 5 * (c % 3) + rng.integers(-1, 2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4.0) * rng.uniform(0.6, 1.0)
+        images[i] = np.clip(blob + rng.normal(0, 0.08, (SIZE, SIZE)) + 0.1, 0, 1)
+    pixels = (images * 255).round().astype(np.uint8)
+    return FaceArrays(pixels, labels.astype(np.int64), EKMAN, np.array([f"s{i % 7}" for i in range(n)]),
+                      np.array(["blobs"] * n))
+
+
+@pytest.fixture(scope="module")
+def trained_fer():
+    """A paper-variant FER CNN at 16 px, trained for 20 Adam steps (~100 % on the blob task)."""
+    from fertk.models.fer_cnn import FerCNN, FerCNNConfig, fer_card
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread avoids oversubscription on shared CPUs
+    try:
+        torch.manual_seed(0)
+        data = blob_faces(384, 0)
+        x = torch.from_numpy(data.images.astype(np.float32)[:, None] / 255)
+        y = torch.from_numpy(data.labels)
+        model = FerCNN(FerCNNConfig(input_size=SIZE))
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        model.train()
+        for _ in range(20):
+            idx = torch.randint(0, len(y), (32,))
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
+    return model, fer_card(model).to_dict()
+
+
+def test_int8_qdq_keeps_accuracy_of_a_trained_classifier(trained_fer, tmp_path: Path) -> None:
+    model, card = trained_fer
+    calibration = blob_faces(160, 1)
+    artifact = export_module(model, model_card=card, task="classifier", out=tmp_path / "fer",
+                             calibration=calibration, options=ExportOptions(precision="int8", calibration_batch=32))
+    entry = artifact.card.variants["int8"]
+    accuracy = entry["accuracy"]
+    assert entry["per_channel"] and entry["calibration_batches"] == 4  # 5 batches: 4 calibrate, 1 held out
+    assert accuracy["held_out"] and accuracy["samples"] == 32
+    assert accuracy["fp32_accuracy"] >= 0.9, "the briefly trained model should solve the blob task"
+    assert accuracy["argmax_agreement"] >= 0.95
+    assert accuracy["int8_accuracy"] >= accuracy["fp32_accuracy"] - 0.05
+    ops = {n.op_type for n in onnx.load(str(artifact.onnx_path("int8"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+    fresh = blob_faces(64, 2)
+    x = faces_to_input(fresh.images, artifact.card.input_specs()[0])
+    with open_engine(artifact.path, precision="int8") as engine:
+        assert engine.describe()["model"].endswith("model.int8.onnx")
+        predicted = engine.run({"image": x})["logits"].argmax(1)
+    assert np.mean(predicted == fresh.labels) >= 0.9
+
+
+def test_int8_agreement_gate_fails_loudly(trained_fer, tmp_path: Path) -> None:
+    model, card = trained_fer
+    options = ExportOptions(precision="int8", calibration_batch=32, int8_min_agreement=1.01)
+    with pytest.raises(ParityError, match="agrees with fp32"):
+        export_module(model, model_card=card, task="classifier", out=tmp_path / "gate",
+                      calibration=blob_faces(64, 3), options=options)
+    assert not (tmp_path / "gate").exists()
+    with pytest.raises(InvalidInputError, match="calibration data"):
+        export_module(model, model_card=card, task="classifier", out=tmp_path / "nocal",
+                      options=ExportOptions(precision="int8"))
+
+
+def test_fp16_conversion_keeps_fp32_io_and_order(tiny_net, tmp_path: Path) -> None:
+    export_onnx(tiny_net, tiny_net.input_specs, tiny_net.output_specs, tmp_path / "m.onnx")
+    info = convert_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
+    assert info["keep_io_types"] and info["sha256"]
+    graph = onnx.load(str(tmp_path / "m16.onnx")).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    for node in graph.node:  # topological order
+        assert all(name in produced for name in node.input), node.name
+        produced.update(node.output)
+
+
+def test_calibration_feeds_from_arrays_dicts_and_faces() -> None:
+    spec = TensorSpec("image", "float32", ("batch", 1, SIZE, SIZE))
+    faces = blob_faces(10, 0)
+    feeds = calibration_feeds(faces, [spec], batch_size=4, ranges={"image": (-1.0, 1.0)})
+    assert [len(f["image"]) for f in feeds] == [4, 4, 2]
+    x = feeds[0]["image"]
+    assert x.shape == (4, 1, SIZE, SIZE) and x.dtype == np.float32 and -1.0 <= x.min() and x.max() <= 1.0
+    np.testing.assert_allclose(x[0, 0], faces.images[0] / 127.5 - 1.0, atol=1e-6)
+    arrays = calibration_feeds(x.astype(np.float64), [spec], batch_size=3, max_samples=3)
+    assert len(arrays) == 1 and arrays[0]["image"].dtype == np.float32
+    calib, held, held_out = split_feeds(feeds)
+    assert len(calib) == 2 and len(held) == 1 and held_out
+    assert split_feeds(feeds[:1])[2] is False
+    with pytest.raises(InvalidInputError, match="calibration data has"):
+        calibration_feeds({"other": x}, [spec])
+    with pytest.raises(InvalidInputError, match="empty"):
+        calibration_feeds(x[:0], [spec])
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        faces_to_input(blob_faces(2, 0).images[:, :8, :8], spec)
+    with pytest.raises(InvalidInputError, match="expected"):
+        calibration_feeds(np.zeros((4, 1, 8, 8), np.float32), [spec])
