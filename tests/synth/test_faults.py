@@ -95,18 +95,34 @@ def test_full_disk_is_a_clear_error_and_counts_nothing(tmp_path, cli_script, has
     assert hashes(out) == hashes(_reference(tmp_path))
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_output_is_a_clear_error(tmp_path):
+def _unwritable_parent(tmp_path: Path) -> Path | None:
+    """A directory this process cannot create entries in: a 0555 folder, or sysfs for root."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o555)
+        return parent
+    probe = Path("/sys/fertk-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        return Path("/sys")
+    probe.rmdir()
+    return None
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
     from fertk.errors import DatasetError
 
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o555)
+    parent = _unwritable_parent(tmp_path)
+    if parent is None:
+        pytest.skip("no unwritable directory available to this user")
     try:
         with pytest.raises(DatasetError, match="cannot create"):
-            run_synth(SynthOptions(out=str(parent / "d"), n=2, shard_size=1))
+            run_synth(SynthOptions(out=str(parent / "fertk-synth-test"), n=2, shard_size=1))
     finally:
-        parent.chmod(0o755)
+        if parent != Path("/sys"):
+            parent.chmod(0o755)
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
