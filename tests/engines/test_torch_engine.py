@@ -33,6 +33,31 @@ def test_reduced_precision_keeps_declared_dtypes_and_the_callers_module(tiny_net
     assert torch.equal(tiny_net.conv.weight, weight)
 
 
+class PinsFp32(nn.Module):
+    """Does part of its math in fp32 on purpose, as StyleGAN2's mapping network does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x).float()
+        return self.b(h * h.square().mean(1, keepdim=True).rsqrt())
+
+
+def test_autocast_runs_modules_that_a_cast_breaks() -> None:
+    specs = ([TensorSpec("x", "float32", ("batch", 4))], [TensorSpec("y", "float32", ("batch", 2))])
+    x = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    module = PinsFp32().eval()
+    with pytest.raises(RuntimeError):
+        TorchEngine(module, *specs, precision="bf16").run(x)
+    with TorchEngine(module, *specs) as ref, TorchEngine(module, *specs, precision="bf16", autocast=True) as amp:
+        assert amp.describe()["autocast"] and amp.module.a.weight.dtype == torch.float32
+        (err,) = compare_outputs(ref.run(x), amp.run(x), specs[1], precision="bf16")
+        assert err.passed
+
+
 def test_channels_last_matches_contiguous(tiny_net) -> None:
     x = make_inputs(tiny_net.input_specs, 3, 1, tiny_net.input_ranges)
     with _engine(tiny_net) as ref, _engine(tiny_net, channels_last=True) as nhwc:

@@ -257,6 +257,9 @@ def _open_ort(source: Any, kind: str, device: str, precision: str, input_specs: 
     # The TensorRT EP takes the fp32 graph and builds fp16/int8 itself; other providers run the
     # converted graph (fp16 made on demand; int8 needs calibration data at export).
     graph_precision = "fp32" if provider == "tensorrt" else precision
+    if provider == "tensorrt":
+        # The TensorRT EP's engine and timing caches live with the artifact unless told otherwise.
+        options.setdefault("trt_cache_dir", artifact.engines_dir / "ort-tensorrt")
     if graph_precision == "fp16" and "fp16" not in artifact.card.variants:
         from fertk.export import add_variant
 

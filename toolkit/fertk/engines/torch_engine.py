@@ -66,6 +66,7 @@ class TorchEngine(Engine):
         compile_mode: str | None = None,  # torch.compile mode, e.g. "max-autotune"
         channels_last: bool = False,    # 4-D inputs and conv weights in NHWC memory order
         cuda_graphs: bool = False,      # capture one CUDA graph per input shape (static batch), replay it
+        autocast: bool = False,         # fp16/bf16 via torch.autocast (weights stay fp32) instead of casting
     ) -> None:
         import torch
 
@@ -81,6 +82,9 @@ class TorchEngine(Engine):
         self.compile = compile
         self.compile_mode = compile_mode
         self.cuda_graphs = cuda_graphs
+        # Casting the module is the fast path; autocast is for modules that pin some math to fp32
+        # internally (e.g. a StyleGAN2 mapping network calling .float()), which a cast module breaks.
+        self.autocast = autocast and precision != "fp32"
         if cuda_graphs and not self.device.startswith("cuda"):
             raise InvalidInputError("cuda_graphs=True needs device='cuda'")
         self._torch = torch
@@ -89,12 +93,13 @@ class TorchEngine(Engine):
 
         self._device = torch.device(self.device)
         current = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
-        needs_copy = precision != "fp32" or channels_last or current != self._device
+        cast = precision != "fp32" and not self.autocast
+        needs_copy = cast or channels_last or current != self._device
         model = copy.deepcopy(module) if needs_copy else module
         model = model.eval()
         if needs_copy:
             model = model.to(device=self.device)
-            if precision != "fp32":
+            if cast:
                 model = model.to(dtype=self.compute_dtype)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -116,12 +121,12 @@ class TorchEngine(Engine):
             tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
             if tensor.device != self._device:
                 tensor = tensor.to(self.device, non_blocking=True)
-            if is_float and tensor.dtype != self.compute_dtype:
+            if is_float and not self.autocast and tensor.dtype != self.compute_dtype:
                 tensor = tensor.to(self.compute_dtype)
             if self.channels_last and tensor.dim() == 4:
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
             args.append(tensor)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self._device.type, self.compute_dtype, enabled=self.autocast):
             if self.cuda_graphs and not self.compile:
                 outputs = self._graph_forward(args)
             else:
@@ -185,6 +190,7 @@ class TorchEngine(Engine):
             "compile_mode": self.compile_mode,
             "channels_last": self.channels_last,
             "cuda_graphs": self.cuda_graphs,
+            "autocast": self.autocast,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "module": type(self.module).__name__ if self.module is not None else None,
