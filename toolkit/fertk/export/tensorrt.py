@@ -416,7 +416,9 @@ def _entropy_calibrator(trt: Any, batcher: CalibrationBatcher, cache: Calibratio
             self.fed = 0
 
         def get_batch_size(self) -> int:
-            return batcher.batch_size
+            # Explicit-batch networks (the only kind in TensorRT 10): the batch is part of each
+            # tensor's shape, fixed by the calibration profile; the legacy batch size must be 1.
+            return 1
 
         def get_batch(self, names: list[str]) -> list[int] | None:
             try:
