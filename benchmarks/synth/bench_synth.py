@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine loaded')")
     args = parser.parse_args()
 
+    # A private artifact cache: the ort variant exports the graph, and a cache entry made by older
+    # renderer code would be reused (the key covers weights and config, not source code).
+    os.environ.setdefault("FERTK_CACHE", tempfile.mkdtemp(prefix="fertk-bench-cache-"))
     from fertk.sysinfo import collect_info
 
     results = {"benchmark": "synth", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note,

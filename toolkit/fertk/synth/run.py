@@ -505,7 +505,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             warmup_seconds = round(time.perf_counter() - tic, 3)
         writer = _Writer(layout, (side, side), options.workers, on_commit)
         writer.start()
-        engine_start = engine.stats.seconds
+        engine_start, engine_items = engine.stats.seconds, engine.stats.items
         gen_start = time.perf_counter()
         try:
             for shard in todo:
@@ -539,6 +539,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         gen_seconds = time.perf_counter() - gen_start
         report(True)
         engine_seconds = engine.stats.seconds - engine_start
+        engine_faces = (engine.stats.items - engine_items) * len(plan.emotions)  # filter retries included
         engine_desc = {**engine.describe(), "compile_reason": compile_reason}
         filter_stats = None
         if scorer is not None:
@@ -557,7 +558,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             shards_skipped=len(mine) - len(todo), faces_written=committed["faces"],
             seconds=round(time.perf_counter() - started, 3),
             faces_per_s=round(committed["faces"] / gen_seconds, 1) if gen_seconds > 0 and committed["faces"] else 0.0,
-            engine_faces_per_s=round(committed["faces"] / engine_seconds, 1) if engine_seconds > 0 else 0.0,
+            engine_faces_per_s=round(engine_faces / engine_seconds, 1) if engine_seconds > 0 else 0.0,
             complete=complete, rank=rank, world_size=world,
             manifest=str(layout.manifest_path) if complete else None, preview=preview_path,
             filter=filter_stats, engine=engine_desc, warmup_seconds=warmup_seconds,
