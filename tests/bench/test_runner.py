@@ -89,3 +89,34 @@ def test_bad_selections_are_refused_with_the_choices() -> None:
         BenchConfig(precisions=("fp8",))
     with pytest.raises(InvalidInputError):
         BenchConfig(batches=(0,))
+
+
+@pytest.mark.gpu
+def test_cuda_rows(tmp_path: Path) -> None:
+    config = BenchConfig(models=("fer-cnn:paper", "pipeline:procedural"),
+                         backends=("torch-cuda", "torch-cuda-graphs", "hand-loop-cuda"), batches=(1, 8),
+                         precisions=("fp32", "fp16"), **TINY)
+    results = run_bench(config, workdir=tmp_path)
+    _sane(results)
+    assert any(p["device"] == "cuda" and p["precision"] == "fp16" for p in results.peaks)
+    assert {b["kind"] for b in results.bandwidth} == {"d2d", "h2d", "d2h"}
+    for key in (("fer-cnn:paper", "torch-cuda", "fp16", 8), ("fer-cnn:paper", "torch-cuda-graphs", "fp32", 8),
+                ("pipeline:procedural", "hand-loop-cuda", "fp32", 8)):
+        row = results.find(*key)
+        assert row is not None, key
+        assert row.gpu_torch_peak_mib is not None and row.threads is None
+    fp16 = results.find("fer-cnn:paper", "torch-cuda", "fp16", 8)
+    assert fp16 is not None and fp16.parity_argmax_agreement is not None and fp16.timing["gpu_p50_ms"] is not None
+    assert results.find("pipeline:procedural", "torch-cuda", "fp16", 8).speedup_vs_hand_loop  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_tensorrt_rows(tmp_path: Path) -> None:
+    config = BenchConfig(models=("fer-cnn:paper",), backends=("torch-cuda", "trt"), batches=(1, 8),
+                         precisions=("fp32", "fp16", "int8"), calibration_samples=64, **TINY)
+    results = run_bench(config, workdir=tmp_path)
+    _sane(results)
+    for precision in ("fp32", "fp16", "int8"):
+        row = results.find("fer-cnn:paper", "trt", precision, 8)
+        assert row is not None and row.open_s is not None and row.parity_argmax_agreement is not None

@@ -241,8 +241,10 @@ def calibration_data(subject: BenchSubject, samples: int = 256) -> Any:
     if subject.task == "classifier" and len(subject.input_specs) == 1 and list(spec.shape[1:2]) == [1]:
         size = int(spec.shape[-1])
         return procedural_faces(samples, seed=1234, size=size)
+    # Generators: seeded inputs from the specs; at most 64 samples, since each costs a full
+    # forward pass (a 256-px StyleGAN2 image is ~0.5 s on two CPU cores).
     batch = 16
-    return [subject.make_inputs(batch, 10_000 + i) for i in range(max(1, samples // batch))]
+    return [subject.make_inputs(batch, 10_000 + i) for i in range(max(1, min(samples, 64) // batch))]
 
 
 # -- the plain PyTorch loop a user would write ------------------------------------------------------

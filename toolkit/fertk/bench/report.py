@@ -45,6 +45,7 @@ def machine_summary(results: BenchResults) -> list[str]:
             lines.append(f"FLOPs {model}: {count['gflop_per_item']:.4g} GFLOP per sample (dense), "
                          f"{count['other_gflop_per_item']:.3g} other")
     lines.append(f"run time: {results.seconds:.1f} s")
+    lines.extend(f"warning: {w}" for w in results_warnings(results))
     return lines
 
 
@@ -130,6 +131,10 @@ def plot_results(results: BenchResults, path: str | Path) -> Path | None:
     if not by_model:
         return None
     models = list(by_model)
+    # One colour per backend/precision across every panel.
+    labels = sorted({label for series in by_model.values() for label in series})
+    palette = plt.get_cmap("tab20")
+    colours = {label: palette(i % 20) for i, label in enumerate(labels)}
     cols = min(3, len(models))
     rows = -(-len(models) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
@@ -137,7 +142,7 @@ def plot_results(results: BenchResults, path: str | Path) -> Path | None:
         for label, points in sorted(by_model[model].items()):
             points.sort()
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", label=label)
+            ax.plot(xs, ys, marker="o", label=label, color=colours[label])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         unit = next((r.unit for r in results.ok_rows() if r.model == model), "item")
@@ -180,3 +185,15 @@ def write_outputs(results: BenchResults, out_dir: str | Path) -> tuple[Path, Pat
     json_path = results.save(out_dir / f"{stem}.json")
     png_path = plot_results(results, out_dir / f"{stem}.png")
     return json_path, png_path
+
+
+def results_warnings(results: BenchResults) -> list[str]:
+    """Signs that a run's numbers are not trustworthy (e.g. the peak was measured on a busy machine)."""
+    warnings = []
+    over = [r for r in results.ok_rows() if r.pct_of_peak is not None and r.pct_of_peak > 100 and r.precision == "fp32"]
+    if over:
+        worst = max(over, key=lambda r: r.pct_of_peak or 0)
+        warnings.append(f"{len(over)} fp32 rows exceed the measured peak (up to {worst.pct_of_peak:.0f} %, "
+                        f"{worst.model} {worst.backend} batch {worst.batch}): the machine was busy while the "
+                        "peak was measured, so % peak and the timings are not representative")
+    return warnings

@@ -274,6 +274,7 @@ class _ModelRunner:
         self._reference: Any = None
         self._reference_out: dict[int, dict[str, Any]] = {}
         self._estimates: dict[tuple[str, str], tuple[int, float]] = {}
+        self._failed_graphs: dict[str, str] = {}   # graph precision -> why building it failed
 
     def close(self) -> None:
         """Release the reference engine."""
@@ -299,12 +300,12 @@ class _ModelRunner:
             try:
                 runner, open_s, open_memory, describe = self._open(backend, precision)
             except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
+                reason = str(exc) if isinstance(exc, _StepError) else f"opening the engine failed: {_one_line(exc)}"
                 for batch in self.config.batches:
-                    state.add(self._row(backend, precision, batch, status="error",
-                                        reason=f"opening the engine failed: {_one_line(exc)}"))
+                    state.add(self._row(backend, precision, batch, status="error", reason=reason))
                 continue
             try:
-                for batch in self.config.batches:
+                for batch in sorted(self.config.batches):  # small first: they predict the cost of larger ones
                     row = self._run_batch(backend, precision, batch, runner)
                     row.open_s = round(open_s, 4)
                     row.engine = describe
@@ -342,8 +343,8 @@ class _ModelRunner:
                                  input_specs=subject.input_specs, output_specs=subject.output_specs,
                                  **backend.options)
             return _Callable(engine.run, engine.describe(), closer=engine.close, numpy_inputs=device == "cpu")
-        artifact = self._ensure_artifact(precision if backend.engine == "ort" and backend.options.get("provider") != "tensorrt"
-                                         else "fp32")
+        graph = precision if backend.engine == "ort" and backend.options.get("provider") != "tensorrt" else "fp32"
+        artifact = self._ensure_artifact(graph)
         if backend.engine == "ort":
             options = dict(backend.options)
             if device == "cpu":
@@ -366,6 +367,17 @@ class _ModelRunner:
 
     def _ensure_artifact(self, precision: str) -> Any:
         """The model's ONNX artifact (exported once per model) with the `precision` graph variant."""
+        failed = self._failed_graphs.get(precision) or self._failed_graphs.get("fp32")
+        if failed:
+            raise _StepError(failed)
+        try:
+            return self._ensure_artifact_inner(precision)
+        except Exception as exc:  # noqa: BLE001 - remembered so later backends do not retry
+            graph, step = ("fp32", "ONNX export") if self.artifact is None else (precision, f"building the {precision} graph")
+            self._failed_graphs[graph] = f"{step} failed: {_one_line(exc)}"
+            raise _StepError(self._failed_graphs[graph]) from exc
+
+    def _ensure_artifact_inner(self, precision: str) -> Any:
         from fertk.export import ExportOptions, add_variant, export_source
 
         if self.artifact is None:
@@ -407,18 +419,13 @@ class _ModelRunner:
             return self._row(backend, precision, batch, status="error", reason=_one_line(exc))
 
     def _estimate(self, backend: BenchBackend, precision: str, batch: int) -> float | None:
-        """Seconds one call at `batch` should take: scaled from a measured smaller batch, else from FLOPs."""
-        seen = self._estimates.get((backend.name, precision)) or self._estimates.get((EAGER.get(backend.device, ""), "fp32"))
-        if seen is not None:
-            seen_batch, seen_s = seen
-            return seen_s * batch / seen_batch
-        if self.flops is not None:
-            peak = self.state.peak_for(backend.device, "fp32") or 0.0
-            if peak > 0:
-                # A generous efficiency guess (a quarter of peak) for dense work, 1 GFLOP/s per thread otherwise.
-                return batch * (self.flops.dense_per_item / (0.25 * peak * 1e9)
-                                + self.flops.other_per_item / (1e9 * self.state.threads))
-        return None
+        """Seconds one call at `batch` should take, scaled from a smaller batch this backend ran at
+        this precision; None (run it) for the first batch, so every backend gets at least one row."""
+        seen = self._estimates.get((backend.name, precision))
+        if seen is None:
+            return None
+        seen_batch, seen_s = seen
+        return seen_s * batch / seen_batch
 
     def _inputs(self, batch: int, on_cuda: bool) -> list[dict[str, Any]]:
         sample = self.subject.make_inputs(batch, 0)
@@ -508,7 +515,7 @@ class _ModelRunner:
             state.add(self._row(backend, precision, None, status="skipped",
                                 reason="synth opens its engine without calibration data; int8 needs it"))
             return
-        for batch in self.config.batches:
+        for batch in sorted(self.config.batches):
             try:
                 row = self._synth_row(backend, precision, batch)
             except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
@@ -569,9 +576,13 @@ class _ModelRunner:
         exact = [r for r in candidates if r.backend == backend.name and r.precision == precision]
         pool = exact or [r for r in candidates if r.backend == EAGER.get(backend.device)] or candidates
         if not pool:
-            return self._estimate(backend, precision, batch)
+            return None
         best = min(pool, key=lambda r: abs(math.log(r.batch / batch)))
         return best.p50_ms / 1e3 * batch / best.batch
+
+
+class _StepError(Exception):
+    """A preparation step (export, quantisation) failed; the message is the row's reason as is."""
 
 
 class _Callable:
