@@ -182,3 +182,25 @@ def test_gan_weights_are_checked_up_front(gan_weights, tmp_path):
     with pytest.raises(InvalidInputError, match="no label for contempt"):
         build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(g_path),
                                       translator_weights=str(t_path), emotions=("anger", "contempt")))
+
+
+@pytest.mark.slow
+def test_gan_pipeline_onnx_export_dynamic_batch(gan_weights, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from fertk.export.onnx import export_onnx
+
+    g_path, t_path = gan_weights
+    pipeline = build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(g_path),
+                                             translator_weights=str(t_path), output_size=32))
+    path = tmp_path / "gan.onnx"
+    export_onnx(pipeline, pipeline.input_specs, pipeline.output_specs, path, ranges={"intensity": (0.0, 1.0)})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(8)
+    for batch in (1, 3):
+        z = rng.standard_normal((batch, pipeline.latent_dim)).astype(np.float32)
+        alpha = rng.random((batch, 6), dtype=np.float32)
+        (onnx_faces,) = session.run(None, {"latent": z, "intensity": alpha})
+        with torch.no_grad():
+            torch_faces = pipeline(torch.from_numpy(z), torch.from_numpy(alpha)).numpy()
+        assert onnx_faces.shape == (batch, 6, 32, 32)
+        assert np.abs(onnx_faces.astype(int) - torch_faces.astype(int)).max() <= 1
