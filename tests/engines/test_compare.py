@@ -86,6 +86,23 @@ def test_integer_outputs_allow_one_step() -> None:
     assert INTEGER_TOLERANCE.atol == 1.0
 
 
+def test_reduced_precision_images_allow_a_small_share_of_off_pixels() -> None:
+    spec = TensorSpec("faces", "uint8", ("batch", 100))
+    ref = np.full((1, 100), 100, np.uint8)
+    edge = ref.copy()
+    edge[0, :1] = 107  # one pixel in a hundred moved by an edge: fine in fp16, not in fp32
+    broken = ref.copy()
+    broken[0, :10] = 0  # a tenth of the image wrong: a broken conversion
+    assert not compare_outputs({"faces": ref}, {"faces": edge}, [spec])[0].passed
+    (fp16,) = compare_outputs({"faces": ref}, {"faces": edge}, [spec], precision="fp16")
+    assert fp16.passed and fp16.bad_fraction == 0.01 and fp16.max_abs == 7
+    (bad,) = compare_outputs({"faces": ref}, {"faces": broken}, [spec], precision="fp16")
+    assert not bad.passed
+    report = ParityReport("a", "b", 1, [0], [bad])
+    with pytest.raises(ParityError, match="10.00% of elements"):
+        report.raise_if_failed()
+
+
 def test_compare_engines_and_report_roundtrip(tiny_net) -> None:
     a = open_engine(tiny_net, backend="torch")
     b = open_engine(tiny_net, backend="torch", precision="bf16")

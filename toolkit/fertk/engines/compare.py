@@ -10,8 +10,13 @@ Error measures per output (computed in float64):
   max_rel   = max |candidate - reference| / max(|reference|, floor), floor = 1e-3 * max|reference|
               (elementwise, with a floor so values near zero do not blow it up)
   range_rel = max_abs / max|reference|
-  passed    = max_abs <= atol + rtol * max|reference|   (shapes equal, no NaN where the reference has none)
-For classifier outputs ([batch, classes]) the argmax agreement is reported too.
+  bad_fraction = share of elements with |candidate - reference| > atol + rtol * max|reference|
+  passed    = bad_fraction <= max_bad_fraction (0 by default, i.e. max_abs within tolerance);
+              shapes equal, and NaN/inf exactly where the reference has them
+For classifier outputs ([batch, classes]) the argmax agreement is reported too. Integer (image)
+outputs at reduced precision use a small `max_bad_fraction`: a pixel near a rendered edge may move
+by several grey levels in fp16 while the image as a whole is right (see INTEGER_TOLERANCES), and a
+broken conversion (overflow, wrong op) moves most pixels.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ Ranges = Mapping[str, Sequence[float]]
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Pass when max_abs <= atol + rtol * max|reference| (see module docstring)."""
+    """Elements pass within atol + rtol * max|reference|; an output passes when at most
+    `max_bad_fraction` of its elements do not (see module docstring)."""
 
     atol: float
     rtol: float
+    max_bad_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         """JSON-able dict."""
@@ -49,14 +56,15 @@ FLOAT_TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(atol=1e-2, rtol=6e-2),
     "int8": Tolerance(atol=1e-2, rtol=1.5e-1),
 }
-# Integer outputs (uint8 faces): fp32 allows one step of rounding difference; reduced precisions
-# allow a few grey levels (measured on the generation pipeline: fp16 differs by up to 3 of 255,
-# bf16 through StyleGAN2 + StarGAN by up to 11).
+# Integer outputs (uint8 faces): fp32 allows one step of rounding difference everywhere. Measured
+# on the procedural pipeline at 128 px, the fp16 graph is off by 0.15 grey levels on average,
+# by > 2 levels on 0.3-0.6 % of pixels and by up to 7 at edges; bf16 through StyleGAN2 + StarGAN
+# by up to 11. Reduced precisions therefore allow a few levels on all but a small share of pixels.
 INTEGER_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1.0, rtol=0.0),
-    "fp16": Tolerance(atol=4.0, rtol=0.0),
-    "bf16": Tolerance(atol=16.0, rtol=0.0),
-    "int8": Tolerance(atol=32.0, rtol=0.0),
+    "fp16": Tolerance(atol=2.0, rtol=0.0, max_bad_fraction=0.02),
+    "bf16": Tolerance(atol=4.0, rtol=0.0, max_bad_fraction=0.05),
+    "int8": Tolerance(atol=8.0, rtol=0.0, max_bad_fraction=0.05),
 }
 INTEGER_TOLERANCE = INTEGER_TOLERANCES["fp32"]
 
@@ -127,6 +135,7 @@ class OutputError:
     passed: bool
     argmax_agreement: float | None = None
     note: str = ""
+    max_bad_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (non-finite numbers as strings)."""
@@ -135,7 +144,8 @@ class OutputError:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OutputError":
         """Inverse of to_dict."""
-        floats = {"max_abs", "max_rel", "range_rel", "mean_abs", "ref_max_abs", "bad_fraction", "atol", "rtol"}
+        floats = {"max_abs", "max_rel", "range_rel", "mean_abs", "ref_max_abs", "bad_fraction", "atol", "rtol",
+                  "max_bad_fraction"}
         kwargs = {k: (float(v) if k in floats else v) for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**kwargs)
 
@@ -149,6 +159,7 @@ class OutputError:
             _worst(self.range_rel, other.range_rel), _worst(self.mean_abs, other.mean_abs),
             max(self.ref_max_abs, other.ref_max_abs), max(self.bad_fraction, other.bad_fraction),
             self.atol, self.rtol, self.passed and other.passed, agreement, self.note or other.note,
+            self.max_bad_fraction,
         )
 
 
@@ -186,6 +197,8 @@ class ParityReport:
         parts = []
         for o in self.outputs:
             text = f"{o.name}: max_abs {o.max_abs:.3g} (tol {o.atol + o.rtol * o.ref_max_abs:.3g})"
+            if o.max_bad_fraction:
+                text += f", {o.bad_fraction:.2%} outside (allowed {o.max_bad_fraction:.0%})"
             if o.argmax_agreement is not None:
                 text += f", argmax {o.argmax_agreement:.1%}"
             parts.append(text)
@@ -211,9 +224,11 @@ class ParityReport:
         if self.passed:
             return
         bad = self.worst()
+        limit = bad.atol + bad.rtol * bad.ref_max_abs
+        detail = (f"{bad.bad_fraction:.2%} of elements off by more than {limit:.3g} (allowed {bad.max_bad_fraction:.0%})"
+                  if bad.max_bad_fraction else f"max_abs {bad.max_abs:.3g} > tolerance {limit:.3g}")
         raise ParityError(
-            f"{what}: {self.candidate} disagrees with {self.reference} on output {bad.name!r}: "
-            f"max_abs {bad.max_abs:.3g} > tolerance {bad.atol + bad.rtol * bad.ref_max_abs:.3g}"
+            f"{what}: {self.candidate} disagrees with {self.reference} on output {bad.name!r}: {detail}"
             + (f" ({bad.note})" if bad.note else ""),
             hint="the exported graph does not compute what the PyTorch model does; "
                  "check for ops that trace to constants (Python ints from tensor sizes, random ops)",
@@ -273,12 +288,13 @@ def _measure(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance, want_a
     if want_argmax and ref.ndim == 2 and ref.shape[1] > 1:
         agreement = float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1)))
     note = "" if nonfinite_ok else "NaN/inf pattern differs from the reference"
+    bad_fraction = float(np.mean(diff > limit))
     return OutputError(
         name=name, max_abs=max_abs, max_rel=float((diff / np.maximum(ref_abs, floor)).max()),
         range_rel=max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else math.inf),
-        mean_abs=float(diff.mean()), ref_max_abs=ref_max, bad_fraction=float(np.mean(diff > limit)),
-        atol=tol.atol, rtol=tol.rtol, passed=bool(max_abs <= limit and nonfinite_ok),
-        argmax_agreement=agreement, note=note,
+        mean_abs=float(diff.mean()), ref_max_abs=ref_max, bad_fraction=bad_fraction,
+        atol=tol.atol, rtol=tol.rtol, passed=bool(bad_fraction <= tol.max_bad_fraction and nonfinite_ok),
+        argmax_agreement=agreement, note=note, max_bad_fraction=tol.max_bad_fraction,
     )
 
 
