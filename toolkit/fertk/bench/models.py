@@ -10,7 +10,6 @@ CNN uses procedural faces (real-looking inputs) rather than noise.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,11 +106,11 @@ def _from_registry(key: str, name: str, ctx: BuildContext, config: dict[str, Any
     from fertk.export import resolve_model
 
     weights = ctx.weights.get(key)
+    # Given weights carry their own architecture; the FER CNN's variant is checked against them.
     source = resolve_model(name, weights=weights, config={} if weights and name != "fer-cnn" else config)
-    unit = "image"
     return BenchSubject(key=key, module=source.module, input_specs=tuple(source.input_specs),
                         output_specs=tuple(source.output_specs), task=source.task, ranges=dict(source.ranges),
-                        unit=unit, config=dict(source.config), model_card=dict(source.model_card))
+                        config=dict(source.config), model_card=dict(source.model_card))
 
 
 def _fer(variant: str) -> Callable[[BuildContext], BenchSubject]:
@@ -125,9 +124,8 @@ def _stargan(ctx: BuildContext) -> BenchSubject:
 
 
 def _stylegan2(ctx: BuildContext) -> BenchSubject:
-    subject = _from_registry("stylegan2", "stylegan2", ctx, dict(STYLEGAN2_CONFIGS[ctx.scale]))
-    # The engine calls forward(z) positionally: truncation 1, constant noise, as exported.
-    return subject
+    # Engines call forward(z) positionally: truncation 1 and constant noise, as exported.
+    return _from_registry("stylegan2", "stylegan2", ctx, dict(STYLEGAN2_CONFIGS[ctx.scale]))
 
 
 def _procedural(ctx: BuildContext) -> BenchSubject:
@@ -265,12 +263,16 @@ class HandLoop:
         self._counter = 0
 
     def prepare(self, device: str) -> None:
-        """Move the networks to `device` (fp32, eval) and create the output folder."""
+        """Copies of the networks on `device` (fp32, eval), as a user's own script would hold; the output folder."""
+        import copy
+
         import torch
 
         self.device = torch.device(device)
-        self.generator = self.pipeline.generator.to(self.device).eval()
-        self.translator = self.pipeline.translator.to(self.device).eval() if self.pipeline.translator is not None else None
+        # Copies: moving the pipeline's own modules would move the parity reference with them.
+        self.generator = copy.deepcopy(self.pipeline.generator).to(self.device).eval()
+        translator = self.pipeline.translator
+        self.translator = copy.deepcopy(translator).to(self.device).eval() if translator is not None else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> int:
@@ -317,10 +319,3 @@ class HandLoop:
                 cv2.imwrite(str(self.out_dir / f"{self._counter % 4096:04d}_{emotion}.png"), face)
                 written += 1
         return written
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(fn(), seconds)."""
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start

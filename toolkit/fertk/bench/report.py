@@ -44,6 +44,17 @@ def machine_summary(results: BenchResults) -> list[str]:
         if "gflop_per_item" in count:
             lines.append(f"FLOPs {model}: {count['gflop_per_item']:.4g} GFLOP per sample (dense), "
                          f"{count['other_gflop_per_item']:.3g} other")
+    for build in results.builds:
+        checks = build.get("checks") or {}
+        if build.get("step", "").startswith("int8") and checks:
+            text = f"INT8 {build['model']} vs fp32 on {checks.get('samples', '?')} " \
+                   f"{'held-out ' if checks.get('held_out') else ''}samples:"
+            if checks.get("argmax_agreement") is not None:
+                text += f" argmax agreement {checks['argmax_agreement']:.1%}"
+            if checks.get("fp32_accuracy") is not None:
+                text += (f", accuracy {checks['fp32_accuracy']:.1%} -> {checks['int8_accuracy']:.1%}"
+                         " (labelled procedural faces; meaningful with trained --weights)")
+            lines.append(text)
     lines.append(f"run time: {results.seconds:.1f} s")
     lines.extend(f"warning: {w}" for w in results_warnings(results))
     return lines

@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -215,7 +215,7 @@ class _RunState:
             subject, build_s = _timed(lambda: model.build(self.ctx))
         except Exception as exc:  # noqa: BLE001 - one model failing does not end the run
             for backend in backends:
-                self.add(BenchRow(model.key, backend.name, backend.device, ",".join(self._precisions(backend)),
+                self.add(BenchRow(model.key, backend.name, backend.device, ",".join(self.precisions_for(backend)),
                                   None, status="error", reason=f"building the model failed: {_one_line(exc)}"))
             return
         self.results.builds.append({"model": model.key, "step": "build PyTorch model", "seconds": round(build_s, 3)})
@@ -236,7 +236,8 @@ class _RunState:
             return not backend.options or set(backend.options) == {"provider"} and backend.options["provider"] != "tensorrt"
         return True
 
-    def _precisions(self, backend: BenchBackend) -> list[str]:
+    def precisions_for(self, backend: BenchBackend) -> list[str]:
+        """The configured precisions this backend offers."""
         return [p for p in self.config.precisions if p in backend.precisions]
 
     def _flops(self, model: BenchModel, subject: BenchSubject) -> FlopCount | None:
@@ -285,7 +286,7 @@ class _ModelRunner:
     def run_backend(self, backend: BenchBackend) -> None:
         """Rows of one backend: skipped with the reason, or one engine per precision over the batches."""
         state = self.state
-        precisions = state._precisions(backend)
+        precisions = state.precisions_for(backend)
         if not precisions:
             return
         ok, reason = state.available.get(backend.requires, (False, f"unknown backend row {backend.requires}"))
@@ -618,8 +619,3 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = "" if isinstance(exc, FertkError) else f"{type(exc).__name__}: "
     return (name + text)[:300]
-
-
-def selected_rows(rows: Sequence[BenchRow], status: str = "ok") -> list[BenchRow]:
-    """Rows with this status."""
-    return [r for r in rows if r.status == status]
