@@ -431,7 +431,8 @@ def train_stargan(config: StarGANTrainConfig, data: FaceArrays, out_dir: str | P
         _load_checkpoint(out_dir, saved, G, D, g_opt, d_opt)
         start = int(saved["iteration"])
         checkpoints = [int(i) for i in saved.get("checkpoints", [start])]
-        _truncate_losses(losses_path, start)
+    # Rows past the checkpoint (or from a run that died before its first one) are logged again.
+    _truncate_losses(losses_path, start)
 
     # Fixed faces for the sample grids: a seeded choice, unflipped, the same on every resume.
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(config.seed, 2)))
