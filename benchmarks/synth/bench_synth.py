@@ -69,6 +69,7 @@ def end_to_end(n: int, batch: int, backend: str, compile_graph: bool, fmt: str, 
         wall = time.perf_counter() - tic
     return {"faces": result.faces_written, "faces_per_s": result.faces_per_s,
             "engine_faces_per_s_inside": result.engine_faces_per_s, "warmup_seconds": result.warmup_seconds,
+            "writer_cpu_us_per_face": result.writer_cpu_us_per_face,
             "wall_seconds": round(wall, 2)}
 
 

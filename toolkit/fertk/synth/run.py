@@ -175,6 +175,7 @@ class SynthResult:
     filter: dict[str, Any] | None = None
     engine: dict[str, Any] = field(default_factory=dict)
     warmup_seconds: float = 0.0            # engine build (torch.compile) before generation, not in faces_per_s
+    writer_cpu_us_per_face: float = 0.0    # CPU time of the writer thread per face (encode + write)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -295,6 +296,7 @@ class _Writer(threading.Thread):
         self.error: BaseException | None = None
         self.current = None
         self.faces_added = 0
+        self.cpu_seconds = 0.0
 
     def put(self, item: tuple[Any, ...] | None) -> None:
         """Hand an item over; raise the writer's error instead of waiting on a dead writer."""
@@ -344,6 +346,7 @@ class _Writer(threading.Thread):
                 except queue.Empty:
                     break
         finally:
+            self.cpu_seconds = time.thread_time()  # this thread's CPU: encode + write cost (workers=1)
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
 
@@ -562,6 +565,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             complete=complete, rank=rank, world_size=world,
             manifest=str(layout.manifest_path) if complete else None, preview=preview_path,
             filter=filter_stats, engine=engine_desc, warmup_seconds=warmup_seconds,
+            writer_cpu_us_per_face=round(1e6 * writer.cpu_seconds / committed["faces"], 1) if committed["faces"] else 0.0,
         )
         if complete and (committed["shards"] or not layout.card_path.is_file()):
             card = _dataset_card(options, layout, plan, pipeline, engine_desc, scorer, result, hashes)
