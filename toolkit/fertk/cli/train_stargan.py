@@ -18,11 +18,11 @@ def train_stargan_command(
     image_size: int = typer.Option(64, "--image-size", help="Training resolution (square, multiple of 4)."),
     conv_dim: int = typer.Option(64, "--conv-dim", help="Width of G's and D's first layers."),
     repeat_num: int = typer.Option(6, "--repeat-num", help="Residual blocks in G."),
-    d_repeat_num: int | None = typer.Option(None, "--d-repeat-num", help="Stride-2 convs in D [default: up to 6, "
-                                                                        "leaving a 2x2 map]."),
+    d_repeat_num: int | None = typer.Option(None, "--d-repeat-num", help="Stride-2 convs in D (default: up to 6, "
+                                                                        "leaving a 2x2 map)."),
     iters: int = typer.Option(200_000, "--iters", help="Training iterations (D steps)."),
     iters_decay: int | None = typer.Option(None, "--iters-decay", help="Linear LR decay over the last N "
-                                                                      "iterations [default: half of --iters]."),
+                                                                      "iterations (default: half of --iters)."),
     batch: int = typer.Option(16, "--batch", help="Batch size."),
     n_critic: int = typer.Option(5, "--n-critic", help="D updates per G update."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate of G and D."),
