@@ -112,8 +112,12 @@ def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
                    counts=f"{event.faces_done:,}/{event.faces_total:,}",
                    shards=f"{event.shards_done}/{event.shards_total}")
 
+    import os
+
+    # Under torchrun only rank 0 draws a bar (its own share; every rank prints its summary).
+    show = os.environ.get("RANK", "0") == "0"
     try:
-        return run_synth(options, progress=on_progress)
+        return run_synth(options, progress=on_progress if show else None)
     finally:
         if task is not None:
             bar.stop()
