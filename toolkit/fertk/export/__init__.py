@@ -427,7 +427,7 @@ def export_onnx_file(path: str | Path, *, out: str | Path | None = None, options
         CARD_FILE, VARIANT_FILES, ArtifactCard, artifacts_root, build_atomically, is_artifact_dir,
         library_versions, load_artifact, spec_dicts, utc_now, write_json_atomic,
     )
-    from fertk.export.onnx import _opset_of, read_onnx_specs, sha256_of
+    from fertk.export.onnx import opset_of, read_onnx_specs, sha256_of
 
     options = options or ExportOptions()
     path = Path(path)
@@ -461,7 +461,7 @@ def export_onnx_file(path: str | Path, *, out: str | Path | None = None, options
         card = ArtifactCard(
             name=path.stem, architecture="onnx", task="unknown", config={}, key=key,
             inputs=spec_dicts(inputs), outputs=spec_dicts(outputs),
-            onnx={"file": target.name, "opset": _opset_of(proto), "exporter": "external", "optimizer": None,
+            onnx={"file": target.name, "opset": opset_of(proto), "exporter": "external", "optimizer": None,
                   "nodes": len(proto.graph.node), "size_bytes": target.stat().st_size, "external_data": False,
                   "sha256": sha256_of(target)},
             versions=library_versions(), created=utc_now(), source=str(path.resolve()), parity=None,

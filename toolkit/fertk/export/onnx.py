@@ -116,7 +116,7 @@ def export_onnx(
         raise ArtifactError(f"exported graph {path} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     total = path.stat().st_size + (data_file.stat().st_size if external else 0)
     return OnnxExportInfo(
-        path=str(path), opset=_opset_of(proto), exporter=exporter, optimizer=optimizer,
+        path=str(path), opset=opset_of(proto), exporter=exporter, optimizer=optimizer,
         nodes=len(proto.graph.node), size_bytes=total, external_data=external,
         sha256=sha256_of(path), seconds=round(time.perf_counter() - start, 3),
     )
@@ -303,7 +303,8 @@ def _payload_bytes(proto: Any) -> int:
     return total + 1_000_000
 
 
-def _opset_of(proto: Any) -> int:
+def opset_of(proto: Any) -> int:
+    """The default-domain opset a ModelProto imports."""
     return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
