@@ -130,7 +130,7 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
         stack.enter_context(torch_threads(threads))
         # Cold, private caches: compile and export times are what a first run costs.
         stack.enter_context(_environ(TORCHINDUCTOR_CACHE_DIR=str(workdir / "inductor"),
-                                     FERTK_CACHE=str(workdir / "cache")))
+                                     FERTK_CACHE_DIR=str(workdir / "cache")))
         machine = collect_info()
         machine["bench_threads"] = threads
         results = BenchResults(config=config.to_dict(), machine=machine,
