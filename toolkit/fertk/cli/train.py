@@ -14,3 +14,4 @@ app.add_typer(train_app, name="train")
 
 # Subcommand modules register on `train_app` when imported (one import line each, below).
 from fertk.cli import train_stargan as _train_stargan  # noqa: E402,F401
+from fertk.cli import train_fer as _train_fer  # noqa: E402,F401

@@ -1,0 +1,115 @@
+"""`fertk train fer` through Typer's test runner: a folder tree split by subject, the run
+directory's files, resume, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fertk.cli import app
+from fertk.emotions import EKMAN
+from fertk.models.fer_cnn import load_fer_model
+from tests.data.fixtures import make_folder_dataset, write_corrupt_image
+
+# Cheap settings: the fixture faces are drawn centred, so no face detector is needed.
+FAST = ["--detect", "none", "--subject-pattern", r"^(s\d+)_", "--variant", "authors-code", "--batch", "16",
+        "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six subjects x six emotions of 64-px drawn faces, plus one corrupt file."""
+    root = make_folder_dataset(tmp_path_factory.mktemp("faces") / "tree", per_class=6, subjects=6, size=64)
+    write_corrupt_image(root / "happy" / "s00_999.png")
+    return root
+
+
+def test_train_on_a_folder_tree_writes_a_complete_run(tmp_path: Path, faces: Path) -> None:
+    run_dir = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "fer", str(faces), "--epochs", "2", "--out", str(run_dir), "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "skipped 1 unreadable image" in result.stderr  # the corrupt file is counted, not fatal
+
+    # The paper's 109:10:25 proportions on 6 subjects: 4 / 1 / 1.
+    assert summary["split"]["sizes"] == {"train": 4, "val": 1, "test": 1}
+    assert summary["training"]["epochs_run"] == 2 and summary["training"]["best_epoch"] in (1, 2)
+    assert [t["name"] for t in summary["tests"]] == ["test"] and summary["tests"][0]["n"] == 6
+    assert summary["datasets"][0]["unreadable"] == 1 and summary["datasets"][0]["n"] == 36
+
+    for name in ("model.safetensors", "model.json", "history.csv", "curves.png", "split.json", "result.json",
+                 "train_config.json", "eval/test.json", "eval/test_confusion.csv", "eval/test_confusion.png",
+                 "eval/test_per_class.png", "eval/summary.csv"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "last.pt").exists()
+    with open(run_dir / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["epoch", "loss", "acc", "val_loss", "val_acc", "lr", "seconds"] and len(rows) == 2
+
+    model, card = load_fer_model(run_dir / "model.safetensors", variant="authors-code", classes=EKMAN)
+    data = card.extra["training_data"]
+    assert data["train"]["n"] == 24 and data["train"]["classes"] == {c: 4 for c in EKMAN}
+    assert data["split_manifest"]["sha256"] == hashlib.sha256((run_dir / "split.json").read_bytes()).hexdigest()
+    assert card.extra["metrics"]["test"][0]["n"] == 6
+    assert card.inputs[0]["shape"] == ["batch", 1, 64, 64]
+
+    # Same command again: the finished run is reported, not retrained.
+    again = runner.invoke(app, ["train", "fer", str(faces), "--epochs", "2", "--out", str(run_dir), *FAST])
+    assert again.exit_code == 0, again.output
+    assert f"best epoch {summary['training']['best_epoch']} of 2" in again.stdout
+    assert "epoch   1:" not in again.stderr
+
+    # Reusing the saved split in a new run gives the same parts.
+    reuse = runner.invoke(app, ["train", "fer", str(faces), "--epochs", "1", "--out", str(tmp_path / "again"),
+                                "--split-manifest", str(run_dir / "split.json"), "--json", *FAST])
+    assert reuse.exit_code == 0, reuse.output
+    assert json.loads(reuse.stdout)["split"]["sizes"] == summary["split"]["sizes"]
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_bad_input_gives_one_line_errors(tmp_path: Path, faces: Path) -> None:
+    runner = CliRunner()
+    out = ["--out", str(tmp_path / "run")]
+
+    strict = runner.invoke(app, ["train", "fer", str(faces), "--strict", *out, *FAST])
+    assert strict.exit_code == 2 and "s00_999.png" in _error_line(strict)
+
+    empty = tmp_path / "empty"
+    (empty / "happy").mkdir(parents=True)
+    (empty / "sad").mkdir()
+    result = runner.invoke(app, ["train", "fer", str(empty), *out, *FAST])
+    assert result.exit_code == 2 and str(empty) in _error_line(result)
+
+    odd = make_folder_dataset(tmp_path / "odd", classes=("happiness", "sadness"), per_class=1, subjects=1, size=32,
+                              words={"sadness": "confused"})
+    result = runner.invoke(app, ["train", "fer", str(odd), "--layout", "folder", *out, *FAST])
+    assert result.exit_code == 2 and "confused" in _error_line(result)
+
+    result = runner.invoke(app, ["train", "fer", str(faces), "--split", "1,2", *out, *FAST])
+    assert result.exit_code == 2 and "three sizes" in _error_line(result)
+    result = runner.invoke(app, ["train", "fer", str(faces), "--val", str(faces), "--val-fraction", "0.2", *out, *FAST])
+    assert result.exit_code == 2 and "give one of them" in _error_line(result)
+    result = runner.invoke(app, ["train", "fer", str(faces), *out, *FAST, "--variant", "vgg"])  # the last wins
+    assert result.exit_code == 2 and "vgg" in _error_line(result)
+    assert not (tmp_path / "run" / "result.json").exists()

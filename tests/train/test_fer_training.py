@@ -1,0 +1,194 @@
+"""FER CNN training: it learns (procedural faces, a world where the answer is known), keeps the
+best epoch, stops early, resumes bit-identically after an interruption, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fertk.data.records import FaceArrays
+from fertk.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
+from fertk.evaluate import evaluate
+from fertk.models.fer_cnn import load_fer_model
+from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus, random_identities, to_gray01
+from fertk.models.weights import read_state_dict
+from fertk.train.fer import FerTrainConfig, TrainResult, augment_batch, read_history, train_fer
+
+_RENDERERS: dict[int, ProceduralFaces] = {}
+
+
+def procedural_faces(classes: tuple[str, ...], identities: int, seed: int, size: int, source: str) -> FaceArrays:
+    """Every identity under every expression, rendered gray at `size` px (uint8 faces)."""
+    renderer = _RENDERERS.setdefault(size, ProceduralFaces(ProceduralConfig(resolution=size, color=False)))
+    with torch.no_grad():
+        images = renderer.render_expressions(random_identities(identities, seed), expression_aus(classes))
+    gray = (to_gray01(images.reshape(-1, images.shape[2], size, size))[:, 0] * 255).round().to(torch.uint8).numpy()
+    k = len(classes)
+    subjects = np.repeat([f"{source}{i:03d}" for i in range(identities)], k)
+    return FaceArrays(gray, np.tile(np.arange(k), identities), classes, subjects,
+                      np.array([source] * len(gray)), [f"{source}/{i}" for i in range(len(gray))],
+                      {"path": f"procedural:{source}"})
+
+
+def _rows_without_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_training_learns_procedural_expressions_well_above_chance(tmp_path: Path) -> None:
+    classes = ("happiness", "surprise")
+    train = procedural_faces(classes, 60, seed=1, size=32, source="train")
+    val = procedural_faces(classes, 12, seed=2, size=32, source="val")
+    test = procedural_faces(classes, 25, seed=3, size=32, source="test")
+    # Small faces and a larger step than the paper's 1e-4 keep this a few seconds of CPU; the
+    # CNN needs ~60-80 Adam steps to leave its initial plateau here, so 30 epochs x 4 steps.
+    config = FerTrainConfig(variant="paper", input_size=32, epochs=30, batch_size=32, lr=1e-3,
+                            patience=0, seed=0, threads=2)
+    result = train_fer(train, val, config, tmp_path / "run", progress=False)
+    model, card = load_fer_model(result.model_path)
+    report = evaluate(model, test)
+    print(f"procedural 2-class test accuracy {report.accuracy:.3f} (best epoch {result.best_epoch})")
+    assert report.accuracy >= 0.85, report.summary()  # chance is 0.5
+    assert card.extra["metrics"]["best_epoch"] == result.best_epoch
+    assert card.extra["training_data"]["train"]["classes"] == {"happiness": 60, "surprise": 60}
+
+
+def _tiny(seed: int, identities: int, source: str) -> FaceArrays:
+    # 16-px faces: the cheapest input the paper variant accepts (three 2x pools).
+    return procedural_faces(("happiness", "sadness", "surprise"), identities, seed=seed, size=16, source=source)
+
+
+def _tiny_config(**changes: object) -> FerTrainConfig:
+    options = {"variant": "paper", "input_size": 16, "epochs": 4, "batch_size": 8, "lr": 1e-3, "patience": 0,
+               "seed": 3, "augment": True, "threads": 1}
+    options.update(changes)
+    return FerTrainConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> tuple[FaceArrays, FaceArrays]:
+    return _tiny(11, 8, "tr"), _tiny(12, 3, "va")
+
+
+def test_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path: Path, tiny_data) -> None:
+    train, val = tiny_data
+    whole = train_fer(train, val, _tiny_config(), tmp_path / "whole", progress=False)
+
+    def interrupt_after_two(row: dict[str, float]) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train_fer(train, val, _tiny_config(), run, progress=False, on_epoch_end=interrupt_after_two)
+    assert (run / "last.pt").is_file() and not (run / "result.json").exists()
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == [1, 2]
+    state = torch.load(run / "last.pt", weights_only=True)  # tensors and plain types only
+    assert state["epoch"] == 2 and "optimizer" in state
+
+    seen: list[int] = []
+    resumed = train_fer(train, val, _tiny_config(), run, progress=False,
+                        on_epoch_end=lambda row: seen.append(int(row["epoch"])))
+    assert seen == [3, 4] and resumed.resumed_from == 2
+    assert _rows_without_time(resumed.history) == _rows_without_time(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    for name, tensor in read_state_dict(whole.model_path).items():
+        assert torch.equal(tensor, read_state_dict(resumed.model_path)[name]), name
+    assert not (run / "last.pt").exists() and (run / "result.json").is_file()
+    assert _rows_without_time(read_history(run / "history.csv")) == _rows_without_time(whole.history)
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # A finished run is returned as is, without training again.
+    again = train_fer(train, val, _tiny_config(), run, progress=False, on_epoch_end=lambda row: seen.append(-1))
+    assert -1 not in seen and again.best_epoch == resumed.best_epoch
+
+
+def test_best_epoch_is_kept_not_the_last_and_early_stopping_ends_the_run(tmp_path: Path) -> None:
+    # Four identities to train on and a high step size: it overfits fast, the val loss turns up.
+    train, val = _tiny(21, 4, "tr"), _tiny(22, 6, "va")
+    config = _tiny_config(epochs=40, lr=3e-3, patience=3, augment=False, batch_size=4)
+    result = train_fer(train, val, config, tmp_path / "run", progress=False)
+    losses = [r["val_loss"] for r in result.history]
+    assert result.stop_reason == "early-stopping"
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    assert result.epochs_run == result.best_epoch + 3 < 40
+    # The saved weights are the best epoch's: their val loss is the minimum, not the last one.
+    model, card = load_fer_model(result.model_path)
+    faces = torch.from_numpy(val.images[:, None]).float() / 255
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(faces), torch.from_numpy(val.labels)).item()
+    assert loss == pytest.approx(min(losses), rel=1e-5)
+    assert loss < losses[-1]
+    metrics = card.extra["metrics"]
+    assert metrics["best_epoch"] == result.best_epoch and metrics["stop_reason"] == "early-stopping"
+    assert metrics["val_loss"] == pytest.approx(min(losses))
+    saved = TrainResult.from_dict(json.loads((tmp_path / "run" / "result.json").read_text()))
+    assert saved.best_epoch == result.best_epoch
+
+
+def test_augmentation_is_seeded_and_keeps_shape() -> None:
+    x = torch.rand(5, 1, 16, 16)
+    a = augment_batch(x, torch.Generator().manual_seed(1))
+    b = augment_batch(x, torch.Generator().manual_seed(1))
+    c = augment_batch(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_config_round_trips_and_rejects_bad_values() -> None:
+    config = FerTrainConfig(variant="authors-code", classes=("anger", "happiness"), epochs=3)
+    assert FerTrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(InvalidInputError, match="variant"):
+        FerTrainConfig(variant="vgg")
+    with pytest.raises(InvalidInputError, match="learning rate"):
+        FerTrainConfig(lr=0)
+    with pytest.raises(InvalidInputError, match="unknown FER training option"):
+        FerTrainConfig.from_dict({"epoch": 3})
+
+
+def test_bad_input_is_refused_with_one_line_errors(tmp_path: Path, tiny_data) -> None:
+    train, val = tiny_data
+    with pytest.raises(InvalidInputError, match="validation set"):
+        train_fer(train, None, _tiny_config(), tmp_path / "a", progress=False)
+    empty = train.subset(np.zeros(len(train), bool))
+    with pytest.raises(DatasetError, match="training set is empty"):
+        train_fer(empty, val, _tiny_config(), tmp_path / "b", progress=False)
+    with pytest.raises(DatasetError, match=r"\['surprise'\] are not among the model classes"):
+        train_fer(train, val, _tiny_config(classes=("happiness", "sadness")), tmp_path / "c", progress=False)
+
+    def stop(row: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_fer(train, val, _tiny_config(), run, progress=False, on_epoch_end=stop)
+    # Resuming with another architecture, other data, or other options is refused, naming the file.
+    with pytest.raises(CheckpointError, match=r"last\.pt belongs to a 'paper' FER CNN.*expected 'authors-code'"):
+        train_fer(train, val, _tiny_config(variant="authors-code", input_size=32), run, progress=False)
+    with pytest.raises(OutputExistsError, match="different data"):
+        train_fer(val, train, _tiny_config(), run, progress=False)
+    with pytest.raises(OutputExistsError, match="lr"):
+        train_fer(train, val, _tiny_config(lr=5e-4), run, progress=False)
+    (run / "last.pt").write_bytes(b"not a torch archive")
+    with pytest.raises(CheckpointError, match="cannot read the resume state"):
+        train_fer(train, val, _tiny_config(), run, progress=False)
+    # --no-resume starts over.
+    fresh = train_fer(train, val, _tiny_config(epochs=1), run, progress=False, resume=False)
+    assert fresh.epochs_run == 1 and fresh.resumed_from == 0
+
+
+@pytest.mark.slow
+def test_paper_settings_on_six_procedural_expressions(tmp_path: Path) -> None:
+    """The paper's hyper-parameters (Adam 1e-4, batch 64, patience 5) at 64 px on all six classes."""
+    from fertk.emotions import EKMAN
+
+    train = procedural_faces(EKMAN, 109, seed=1, size=64, source="train")
+    val = procedural_faces(EKMAN, 10, seed=2, size=64, source="val")
+    test = procedural_faces(EKMAN, 25, seed=3, size=64, source="test")
+    result = train_fer(train, val, FerTrainConfig(epochs=60, seed=0), tmp_path / "run", progress=True)
+    model, _card = load_fer_model(result.model_path)
+    report = evaluate(model, test)
+    print(f"procedural 6-class test accuracy {report.accuracy:.3f} after {result.epochs_run} epochs")
+    assert report.accuracy >= 0.5  # chance is 1/6

@@ -1,0 +1,71 @@
+"""`fertk eval`: score a trained FER model on one or more test sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fertk.cli import app
+from fertk.cli._common import JSON_OPTION, err, out, print_json
+
+
+def default_eval_dir(model: Path) -> Path:
+    """Reports go beside the model: `<run dir>/eval`, else `./eval-<model name>`."""
+    model = model.expanduser()
+    if model.is_dir() and (model / "model.safetensors").is_file():
+        return model / "eval"
+    if model.suffix == ".safetensors":
+        return model.parent / "eval"
+    return Path(f"eval-{model.stem or 'model'}")
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Argument(..., help="A training run directory, a model.safetensors, or an exported artifact."),
+    datasets: list[Path] = typer.Argument(..., help="Test dataset(s): in-database splits and cross-database sets."),
+    layout: str = typer.Option("auto", "--layout", help="auto, folder, rafd, ckplus, oulu, mmi, affectnet, fer2013."),
+    detect: str = typer.Option("auto", "--detect", help="Face finding: auto, haar, box, none (pre-cropped faces)."),
+    subject_pattern: str | None = typer.Option(None, "--subject-pattern", help="Folder layout: regex giving "
+                                                                              "the subject id."),
+    strict: bool = typer.Option(False, "--strict", help="Stop on an unreadable image instead of skipping it."),
+    variant: str | None = typer.Option(None, "--variant", help="Expect this CNN variant (error if the model differs)."),
+    classes: str | None = typer.Option(None, "--classes", help="Expect these classes, comma list (error if not)."),
+    backend: str = typer.Option("torch", "--backend", help="torch (the PyTorch reference), ort, trt or auto."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    batch: int = typer.Option(256, "--batch", help="Faces per forward pass."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: <run dir>/eval)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress output on stderr."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Accuracy, confusion matrices, per-class precision/recall/F1 and macro-F1 per test set (JSON, CSV, PNG)."""
+    from fertk.emotions import parse_emotions
+    from fertk.evaluate import DatasetOptions, evaluate_paths
+
+    target = out_dir or default_eval_dir(model)
+    run = evaluate_paths(
+        model, datasets,
+        options=DatasetOptions(layout=layout, detect=detect, subject_pattern=subject_pattern, strict=strict),
+        out_dir=target, backend=backend, device=device, variant=variant,
+        classes=parse_emotions(classes) if classes else None, progress=not no_progress, batch_size=batch)
+    for report in run.reports:
+        if report.info.get("unreadable"):
+            err.print(f"{report.name}: skipped {report.info['unreadable']} unreadable image(s) "
+                      "(use --strict to stop on them)", highlight=False)
+        if report.info.get("no_face"):
+            err.print(f"{report.name}: {report.info['no_face']} image(s) without a detected face left out",
+                      highlight=False)
+    if json_output:
+        print_json(run.to_dict())
+        return
+    from rich.table import Table
+
+    table = Table("test set", "n", "accuracy", "macro-F1", "mean recall", "not scored")
+    for report in run.reports:
+        skipped = report.info.get("unreadable", 0) + report.info.get("no_face", 0)
+        table.add_row(report.name, str(report.n), f"{report.accuracy:.1%}", f"{report.macro_f1:.3f}",
+                      f"{report.mean_recall:.3f}", str(sum(report.excluded.values()) + skipped))
+    out.print(f"model: {run.model['source']} ({run.model['backend']}, classes {', '.join(run.model['classes'])})",
+              highlight=False)
+    out.print(table)
+    out.print(f"reports: {target}", highlight=False)
