@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the recorded CPU benchmark: benchmarks/results/cpu-<date>.json and .png.
 #
-#   benchmarks/run_cpu.sh              # the full suite (about 30-45 min on an idle 2-core machine)
+#   benchmarks/run_cpu.sh              # the full suite (about 45-60 min on an idle 2-core machine)
 #   benchmarks/run_cpu.sh --quick      # about a minute: FER CNN + procedural pipeline, CPU backends
 #   benchmarks/run_cpu.sh --models fer-cnn:paper --batches 32,256   # any `fertk bench` option
 #
