@@ -19,7 +19,7 @@ SMALL_FER = '{"input_size": 16}'
 
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.setenv("FERTK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
     return CliRunner()
 
 

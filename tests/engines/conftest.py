@@ -13,7 +13,7 @@ from fertk.engines.base import TensorSpec
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     """Every export in these tests goes to a throw-away cache, never the user's."""
     patch = pytest.MonkeyPatch()
-    patch.setenv("FERTK_CACHE", str(tmp_path_factory.mktemp("fertk-cache")))
+    patch.setenv("FERTK_CACHE_DIR", str(tmp_path_factory.mktemp("fertk-cache")))
     yield
     patch.undo()
 

@@ -138,9 +138,9 @@ def test_loading_broken_artifacts(tiny_net, tmp_path: Path) -> None:
 
 
 def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("FERTK_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c" and artifacts_root() == tmp_path / "c" / "artifacts"
-    monkeypatch.delenv("FERTK_CACHE")
+    monkeypatch.delenv("FERTK_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     if os.name == "posix":
         assert cache_root() == tmp_path / "xdg" / "fertk"

@@ -25,12 +25,14 @@ def debug_enabled() -> bool:
 
 def report_error(exc: BaseException) -> int:
     """Print one line (plus hint) for a library error; return its exit code."""
+    from rich.markup import escape
+
     if isinstance(exc, FertkError):
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+            err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
         return exc.exit_code
-    err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
     err.print("[dim]hint:[/] set FERTK_DEBUG=1 for the traceback", highlight=False)
     return 1
 

@@ -12,7 +12,7 @@ An artifact is a directory:
 
 A directory is built under a hidden temporary name beside its final place and renamed into place
 only once complete (parity passed, card written), so a directory that has a card.json is
-complete. The cache root is `platformdirs.user_cache_dir("fertk")`, or $FERTK_CACHE when set;
+complete. The cache root is `platformdirs.user_cache_dir("fertk")`, or $FERTK_CACHE_DIR when set;
 artifacts live in `<root>/artifacts/<name>-<key12>`.
 """
 
@@ -36,14 +36,17 @@ FORMAT = "fertk-artifact/1"
 CARD_FILE = "card.json"
 ENGINES_DIR = "engines"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-CACHE_ENV = "FERTK_CACHE"
+# FERTK_CACHE_DIR is the one variable every fertk cache honours (preprocess, artifacts);
+# FERTK_CACHE is the earlier name, still accepted.
+CACHE_ENVS = ("FERTK_CACHE_DIR", "FERTK_CACHE")
 
 
 def cache_root() -> Path:
-    """fertk's cache root: $FERTK_CACHE, else the platform's user cache dir + /fertk."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
+    """fertk's cache root: $FERTK_CACHE_DIR (or $FERTK_CACHE), else the user cache dir + /fertk."""
+    for name in CACHE_ENVS:
+        env = os.environ.get(name)
+        if env:
+            return Path(env).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("fertk", appauthor=False))
@@ -306,6 +309,11 @@ def fingerprint(module: Any, extra: Mapping[str, Any]) -> str:
 
     digest = hashlib.sha256()
     digest.update(f"{type(module).__module__}.{type(module).__qualname__}\n".encode())
+    # The graph depends on the code as much as on the weights: hash the source files of every
+    # module class in the tree so an edited model never reuses a stale cached export.
+    for source_file in sorted(_source_files(module)):
+        digest.update(source_file.encode() + b"\n")
+        digest.update(Path(source_file).read_bytes())
     for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
@@ -313,6 +321,21 @@ def fingerprint(module: Any, extra: Mapping[str, Any]) -> str:
             digest.update(tensor.view(torch.uint8).numpy().tobytes())
     digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return digest.hexdigest()
+
+
+def _source_files(module: Any) -> set[str]:
+    import inspect
+
+    import torch
+
+    files: set[str] = set()
+    modules = module.modules() if isinstance(module, torch.nn.Module) else [module]
+    for sub in modules:
+        try:
+            files.add(inspect.getfile(type(sub)))
+        except (TypeError, OSError):  # builtins / classes defined in a REPL
+            continue
+    return {f for f in files if os.path.isfile(f) and "site-packages" not in f}
 
 
 def spec_dicts(specs: Sequence[TensorSpec], ranges: Mapping[str, Sequence[float]] | None = None) -> list[dict[str, Any]]:
