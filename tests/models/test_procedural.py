@@ -1,0 +1,336 @@
+"""The procedural face model: contract (shapes, range, determinism, batching, export) and credibility as a FER world."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fertk.emotions import EKMAN
+from fertk.errors import InvalidInputError
+from fertk.models.procedural import (
+    ACTION_UNITS,
+    AU_DIM,
+    IDENTITY_DIM,
+    ProceduralConfig,
+    ProceduralFaces,
+    action_units,
+    expression_aus,
+    identities_from_seeds,
+    random_identities,
+    to_gray01,
+)
+from fertk.models.registry import load_model
+
+ALL_SEVEN = ("neutral",) + EKMAN
+
+
+@pytest.fixture(scope="module")
+def studio() -> ProceduralFaces:
+    return ProceduralFaces(ProceduralConfig(resolution=64, style="studio")).eval()
+
+
+def _corner_identities(n: int, seed: int) -> torch.Tensor:
+    """Identities at the corners of the parameter box (every parameter at its min or max)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, IDENTITY_DIM, generator=g) > 0.5).float() * 0.9999999
+
+
+def _corner_aus(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([(torch.rand(n, AU_DIM, generator=g) > 0.4).float(), torch.ones(1, AU_DIM)])
+
+
+# ---- configuration, vocabulary ------------------------------------------------------------
+
+
+def test_config_validates_and_is_json_able() -> None:
+    cfg = ProceduralConfig(resolution=48, color=False, style="natural")
+    assert json.loads(json.dumps(cfg.to_dict())) == {"resolution": 48, "color": False, "style": "natural"}
+    with pytest.raises(InvalidInputError, match="style"):
+        ProceduralConfig(style="cartoon")
+    with pytest.raises(InvalidInputError, match="resolution"):
+        ProceduralConfig(resolution=8)
+    with pytest.raises(InvalidInputError, match="resolution"):
+        ProceduralConfig(resolution=64.0)  # type: ignore[arg-type]
+
+
+def test_expression_aus_are_the_emfacs_prototypes() -> None:
+    names = action_units()
+    assert names == ACTION_UNITS and len(names) == AU_DIM
+    table = expression_aus(ALL_SEVEN + ("contempt",))
+    active = {emotion: {names[i] for i in torch.nonzero(row).flatten().tolist()}
+              for emotion, row in zip(ALL_SEVEN + ("contempt",), table)}
+    assert active == {
+        "neutral": set(),
+        "anger": {"AU4", "AU5", "AU7", "AU23"},
+        "disgust": {"AU9", "AU15", "AU16"},
+        "fear": {"AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"},
+        "happiness": {"AU6", "AU12"},
+        "sadness": {"AU1", "AU4", "AU15"},
+        "surprise": {"AU1", "AU2", "AU5", "AU26"},
+        "contempt": {"AU14"},
+    }
+    # Dataset spellings are accepted; intensity scales (per emotion, or per identity x emotion).
+    assert torch.equal(expression_aus(["Happy"], 0.5), 0.5 * expression_aus(["happiness"]))
+    per_emotion = expression_aus(["anger", "fear"], torch.tensor([0.2, 0.7]))
+    assert torch.allclose(per_emotion.amax(dim=1), torch.tensor([0.2, 0.7]))
+    assert expression_aus(EKMAN, torch.rand(4, 6)).shape == (4, 6, AU_DIM)
+    with pytest.raises(InvalidInputError):
+        expression_aus(["boredom"])
+    with pytest.raises(InvalidInputError):
+        expression_aus(["anger", "fear"], torch.ones(3))
+
+
+def test_identities_are_seeded_uniform_and_batch_independent() -> None:
+    a = random_identities(8, seed=3)
+    assert a.shape == (8, IDENTITY_DIM) and a.dtype == torch.float32
+    assert torch.equal(a, random_identities(8, seed=3)) and not torch.equal(a, random_identities(8, seed=4))
+    by_seed = identities_from_seeds([5, 6, 7])
+    assert torch.equal(by_seed[1:], identities_from_seeds([6, 7]))     # a row depends on its seed only
+    assert ((by_seed >= 0) & (by_seed < 1)).all()
+    many = identities_from_seeds(np.arange(4000))
+    assert abs(many.mean().item() - 0.5) < 0.01 and many.std().item() == pytest.approx(1 / math.sqrt(12), abs=0.01)
+
+
+# ---- rendering contract -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resolution,color", [(64, True), (32, False), (100, True)])
+def test_shapes_range_and_determinism(resolution: int, color: bool) -> None:
+    model = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color, style="natural"))
+    ids, aus = random_identities(7, 1), expression_aus(ALL_SEVEN)
+    with torch.no_grad():
+        out = model(ids, aus)
+        again = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color, style="natural"))(ids, aus)
+    assert out.shape == (7, 3 if color else 1, resolution, resolution) and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.min() >= -1.0 and out.max() <= 1.0
+    assert out.std() > 0.2                                            # an image, not a flat field
+    assert torch.equal(out, again)                                    # same inputs, same pixels
+    assert list(model.state_dict()) == []                             # no weights
+
+
+def test_batch_independence_and_shared_identity_form(studio: ProceduralFaces) -> None:
+    ids, aus = random_identities(5, 2), expression_aus(ALL_SEVEN)
+    with torch.no_grad():
+        grid = studio.render_expressions(ids, aus)                     # [5, 7, 3, H, W]
+        flat = studio(ids.repeat_interleave(7, 0), aus.repeat(5, 1)).view(5, 7, 3, 64, 64)
+        single = studio(ids[3:4], aus[2:3])
+    assert torch.allclose(grid, flat, atol=1e-5)
+    assert torch.allclose(single[0], grid[3, 2], atol=1e-5)
+    with pytest.raises(InvalidInputError):
+        studio(ids, aus[:4])
+    with pytest.raises(InvalidInputError):
+        studio(ids[:, :5], aus[:5])
+
+
+@pytest.mark.parametrize("style", ["studio", "natural"])
+def test_feature_window_holds_every_feature(style: str) -> None:
+    """Features are drawn in a static window of the frame; at the corners of the parameter box
+    the windowed render must equal a full-frame render."""
+    windowed = ProceduralFaces(ProceduralConfig(resolution=48, style=style))
+    full = ProceduralFaces(ProceduralConfig(resolution=48, style=style))
+    full._window = (0, 48, 0, 48)
+    assert windowed._window != full._window
+    ids = torch.cat([_corner_identities(40, 0), random_identities(8, 1)])
+    aus = torch.cat([expression_aus(ALL_SEVEN), _corner_aus(6, 2)])
+    with torch.no_grad():
+        assert torch.equal(windowed.render_expressions(ids, aus), full.render_expressions(ids, aus))
+
+
+def test_action_units_act_where_and_as_much_as_they_should(studio: ProceduralFaces) -> None:
+    """AU12 changes the lower face monotonically with intensity; AU1+2 the upper face."""
+    ids = random_identities(6, 5)
+    intensities = torch.linspace(0.0, 1.0, 5)
+    col = {name: i for i, name in enumerate(ACTION_UNITS)}
+
+    def change(aus_of: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        aus = torch.zeros(len(intensities), AU_DIM)
+        for name, weight in aus_of.items():
+            aus[:, col[name]] = weight * intensities
+        with torch.no_grad():
+            frames = studio.render_expressions(ids, aus)              # [M, 5, 3, H, W]
+        diff = (frames - frames[:, :1]).abs().mean(dim=2)             # [M, 5, H, W]
+        return diff[..., :36, :].mean(dim=(0, 2, 3)), diff[..., 36:, :].mean(dim=(0, 2, 3))
+
+    upper, lower = change({"AU12": 1.0})
+    assert torch.all(lower[1:] > lower[:-1])                          # monotone in intensity
+    assert lower[-1] > 3 * upper[-1]                                  # a smile lives in the lower face
+    upper, lower = change({"AU1": 1.0, "AU2": 1.0})
+    assert torch.all(upper[1:] > upper[:-1])
+    assert upper[-1] > 3 * lower[-1]                                  # raised brows live up top
+
+
+def test_identity_variation_is_real_and_expressions_are_not_trivial(studio: ProceduralFaces) -> None:
+    ids = random_identities(12, 6)
+    with torch.no_grad():
+        gray = to_gray01(studio.render_expressions(ids, expression_aus(ALL_SEVEN)).flatten(0, 1)).view(12, 7, -1)
+    between_identities = torch.cdist(gray[:, 0], gray[:, 0])[~torch.eye(12, dtype=torch.bool)].mean()
+    between_expressions = (gray[:, 1:] - gray[:, :1]).norm(dim=-1).mean()
+    # Who it is changes more pixels than what they feel (as in real face data) ...
+    assert between_identities > 2 * between_expressions
+    # ... and the structure of expression space is plausible: fear is nearer surprise than
+    # happiness is to anger, for the same person.
+    emotion = {name: i + 1 for i, name in enumerate(EKMAN)}
+    dist = lambda a, b: (gray[:, emotion[a]] - gray[:, emotion[b]]).norm(dim=-1).mean()  # noqa: E731
+    assert dist("fear", "surprise") < dist("happiness", "anger")
+
+
+def test_styles_differ_like_two_capture_setups() -> None:
+    ids = random_identities(48, 7)
+    aus = expression_aus(["neutral"])
+    stats = {}
+    for style in ("studio", "natural"):
+        model = ProceduralFaces(ProceduralConfig(resolution=64, style=style))
+        with torch.no_grad():
+            gray = to_gray01(model.render_expressions(ids, aus)[:, 0])[:, 0]   # [M, H, W]
+        corners = torch.cat([gray[:, :6, :6].flatten(1), gray[:, :6, -6:].flatten(1)], dim=1)
+        face = gray[:, 20:44, 16:48]
+        stats[style] = {
+            "background_spread": corners.mean(1).std().item(),        # varied backgrounds
+            "sensor_noise": (gray[:, :, 1:] - gray[:, :, :-1])[:, :6, :6].abs().mean().item(),
+            "side_light": (face[:, :, :12].mean((1, 2)) - face[:, :, -12:].mean((1, 2))).abs().mean().item(),
+            "pose_spread": (gray < gray.mean((1, 2), keepdim=True)).float().mean((1,)).argmax(-1).float().std().item(),
+        }
+    for key in ("background_spread", "sensor_noise", "side_light"):
+        assert stats["natural"][key] > 2 * stats["studio"][key], (key, stats)
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def _export_and_compare(model: ProceduralFaces, path, *, dynamo: bool) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    example = (random_identities(2, 0), expression_aus(["anger", "happiness"]))
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(model, example, str(path), input_names=["identity", "au"], output_names=["image"],
+                          opset_version=17, dynamic_shapes=({0: batch}, {0: batch}), dynamo=True)
+    else:
+        torch.onnx.export(model, example, str(path), input_names=["identity", "au"], output_names=["image"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"identity": {0: "batch"}, "au": {0: "batch"}, "image": {0: "batch"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch_size in (1, 5):
+        ids = random_identities(batch_size, 10 + batch_size)
+        aus = expression_aus(ALL_SEVEN)[torch.arange(batch_size) % 7] * torch.rand(batch_size, 1)
+        got = session.run(None, {"identity": ids.numpy(), "au": aus.numpy()})[0]
+        with torch.no_grad():
+            want = model(ids, aus).numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_onnx_export_matches_torch(tmp_path) -> None:
+    model = ProceduralFaces(ProceduralConfig(resolution=64, style="natural")).eval()
+    _export_and_compare(model, tmp_path / "procedural.onnx", dynamo=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("color", [True, False])
+def test_onnx_dynamo_export_matches_torch(tmp_path, color: bool) -> None:
+    model = ProceduralFaces(ProceduralConfig(resolution=64, color=color, style="studio")).eval()
+    _export_and_compare(model, tmp_path / "procedural.onnx", dynamo=True)
+
+
+# ---- registry -------------------------------------------------------------------------------
+
+
+def test_registry_builds_without_weights_only() -> None:
+    model, card = load_model("procedural", resolution=32, color=False)
+    assert isinstance(model, ProceduralFaces) and model.resolution == 32 and model.channels == 1
+    assert card.source == "procedural" and card.weights_sha256 is None
+    assert card.config == {"resolution": 32, "color": False, "style": "studio"}
+    assert [spec["name"] for spec in card.inputs] == ["identity", "au"]
+    assert card.outputs[0]["shape"] == ["batch", 1, 32, 32]
+    assert card.inputs[1]["columns"] == list(ACTION_UNITS)
+    with pytest.raises(InvalidInputError, match="no weights"):
+        load_model("procedural", weights="model.safetensors")
+    with pytest.raises(InvalidInputError, match="unknown procedural config"):
+        load_model("procedural", size=64)
+
+
+# ---- a FER world where the right answer is known -------------------------------------------
+
+
+def _render_set(model: ProceduralFaces, n: int, seed: int, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """n identities x the six emotions at intensities uniform in [low, high]: gray [6n, 1, 64, 64], labels."""
+    g = torch.Generator().manual_seed(seed)
+    intensity = low + (high - low) * torch.rand(n, len(EKMAN), generator=g)
+    with torch.no_grad():
+        images = model.render_expressions(random_identities(n, seed), expression_aus(EKMAN, intensity))
+    return to_gray01(images.flatten(0, 1)), torch.arange(len(EKMAN)).repeat(n)
+
+
+def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> nn.Module:
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    g = torch.Generator().manual_seed(0)
+    net.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (64,), generator=g)
+        loss = nn.functional.cross_entropy(net(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return net.eval()
+
+
+def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Accuracy and the mean-probability confusion matrix (rows: true class)."""
+    with torch.no_grad():
+        prob = torch.cat([net(chunk).softmax(1) for chunk in x.split(256)])
+    confusion = torch.stack([prob[y == c].mean(0) for c in range(len(EKMAN))])
+    return (prob.argmax(1) == y).float().mean().item(), confusion
+
+
+def _assert_credible(acc_full: float, acc_weak: float, confusion: torch.Tensor, floor: float) -> None:
+    c = {name: i for i, name in enumerate(EKMAN)}
+    fear_surprise = confusion[c["fear"], c["surprise"]] + confusion[c["surprise"], c["fear"]]
+    happy_anger = confusion[c["happiness"], c["anger"]] + confusion[c["anger"], c["happiness"]]
+    assert acc_full >= floor, f"accuracy on unseen identities {acc_full:.3f} < {floor}"
+    assert acc_weak < acc_full - 0.1, f"intensity 0.3 ({acc_weak:.3f}) is not harder than 1.0 ({acc_full:.3f})"
+    assert fear_surprise > happy_anger, f"fear<->surprise {fear_surprise:.3f} vs happiness<->anger {happy_anger:.3f}"
+
+
+def test_cnn_learns_expressions_that_transfer_to_unseen_identities() -> None:
+    """A small CNN trained on 200 procedural identities recognises the six emotions of 100 unseen
+    ones; weak (0.3) expressions are harder; its confusions are the plausible ones."""
+    model = ProceduralFaces(ProceduralConfig(resolution=64, color=False, style="studio")).eval()
+    x_train, y_train = _render_set(model, 200, seed=1, low=0.5, high=1.0)
+    x_full, y_full = _render_set(model, 100, seed=2, low=1.0, high=1.0)
+    x_weak, y_weak = _render_set(model, 100, seed=2, low=0.3, high=0.3)
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+    # Input [N, 1, 64, 64] in [0, 1] like the Table-1 CNN; pooled to 32 px to keep the test quick.
+    net = nn.Sequential(nn.AvgPool2d(2), *block(1, 8), *block(8, 16), *block(16, 32),
+                        nn.Flatten(), nn.Dropout(0.3), nn.Linear(32 * 4 * 4, len(EKMAN)))
+    net = _train(net, (x_train - 0.5) / 0.25, y_train, steps=250, lr=3e-3)
+    acc_full, confusion = _evaluate(net, (x_full - 0.5) / 0.25, y_full)
+    acc_weak, _ = _evaluate(net, (x_weak - 0.5) / 0.25, y_weak)
+    _assert_credible(acc_full, acc_weak, confusion, floor=0.9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["studio", "natural"])
+def test_table1_cnn_learns_the_procedural_world(style: str) -> None:
+    """The paper's Table-1 CNN on 300 train identities, evaluated on 150 unseen ones."""
+    from fertk.models.fer_cnn import FerCNN, FerCNNConfig
+
+    model = ProceduralFaces(ProceduralConfig(resolution=64, color=False, style=style)).eval()
+    x_train, y_train = _render_set(model, 300, seed=1, low=0.5, high=1.0)
+    x_full, y_full = _render_set(model, 150, seed=2, low=1.0, high=1.0)
+    x_weak, y_weak = _render_set(model, 150, seed=2, low=0.3, high=0.3)
+    net = _train(FerCNN(FerCNNConfig(variant="paper")), x_train, y_train, steps=600, lr=5e-4)
+    acc_full, confusion = _evaluate(net, x_full, y_full)
+    acc_weak, _ = _evaluate(net, x_weak, y_weak)
+    _assert_credible(acc_full, acc_weak, confusion, floor=0.9)
