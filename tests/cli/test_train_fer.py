@@ -20,7 +20,7 @@ from tests.data.fixtures import make_folder_dataset, write_corrupt_image
 
 # Cheap settings: the fixture faces are drawn centred, so no face detector is needed.
 FAST = ["--detect", "none", "--subject-pattern", r"^(s\d+)_", "--variant", "authors-code", "--batch", "16",
-        "--threads", "1", "--no-progress"]
+        "--threads", "1", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)

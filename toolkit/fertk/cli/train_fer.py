@@ -54,7 +54,7 @@ def train_fer_command(
     augment: bool = typer.Option(False, "--augment", help="Random flip + small affine (off in the paper)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling, dropout, augmentation."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
     out_dir: Path = typer.Option(Path("runs/fer"), "--out", "-o", help="Run directory."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out "
                                                                    "(or start it over)."),

@@ -67,7 +67,7 @@ class FerTrainConfig:
     seed: int = 0
     augment: bool = False                  # random flip + small affine (rotation, scale, shift)
     threads: int | None = None             # torch CPU threads; None = leave torch's setting
-    device: str = "cpu"                    # "cpu", "cuda", "cuda:N" or "auto"
+    device: str = "auto"                   # "auto" (cuda when available), "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -545,6 +545,18 @@ def concat_arrays(parts: Sequence[FaceArrays], classes: Sequence[str], size: int
         raise DatasetError("no dataset to combine")
     if len(parts) == 1 and tuple(parts[0].classes) == tuple(classes) and parts[0].images.shape[1:] == (size, size):
         return parts[0]
+    paths = [str(dataset_info(p).get("path", f"dataset {i}")) for i, p in enumerate(parts)]
+    twice = [p for p, n in Counter(paths).items() if n > 1]
+    if twice:
+        raise DatasetError(f"{twice[0]} is given twice", hint="give each dataset once")
+    keys_of = [list(p.keys or [f"{i}" for i in range(len(p))]) for p in parts]
+    sources_of = [np.asarray(p.sources, dtype=str) for p in parts]
+    if len(parts) > 1 and sum(map(len, keys_of)) != len({k for keys in keys_of for k in keys}):
+        # Two datasets name samples alike (e.g. two `fertk synth` runs with other seeds): qualify
+        # keys and sources by dataset so samples and subjects stay distinct.
+        names = _unique_names([dataset_name(p) for p in paths], taken=set())
+        keys_of = [[f"{name}::{k}" for k in keys] for name, keys in zip(names, keys_of)]
+        sources_of = [np.char.add(src, f"@{name}") if len(src) else src for name, src in zip(names, sources_of)]
     images, labels = [], []
     for part in parts:
         mapped, excluded = map_labels(part, classes)
@@ -553,15 +565,9 @@ def concat_arrays(parts: Sequence[FaceArrays], classes: Sequence[str], size: int
                                f"are not among the classes {list(classes)}")
         images.append(faces_to_gray(part.images, size)[:, 0])
         labels.append(mapped)
-    keys = [k for part in parts for k in (part.keys or [f"{dataset_info(part).get('path', '')}#{i}" for i in range(len(part))])]
-    dupes = [k for k, n in Counter(keys).items() if n > 1]
-    if dupes:
-        raise DatasetError(f"the same sample appears in two datasets: {dupes[0]} (and {len(dupes) - 1} more)",
-                           hint="give each dataset once")
     return FaceArrays(np.concatenate(images), np.concatenate(labels), tuple(classes),
                       np.concatenate([np.asarray(p.subjects, dtype=str) for p in parts]),
-                      np.concatenate([np.asarray(p.sources, dtype=str) for p in parts]), keys,
-                      {"path": ", ".join(str(dataset_info(p).get("path", "?")) for p in parts)})
+                      np.concatenate(sources_of), [k for keys in keys_of for k in keys], {"path": ", ".join(paths)})
 
 
 def _say(progress: bool, text: str) -> None:
@@ -664,6 +670,8 @@ def train_fer_from_paths(
                       "from": str(split_manifest) if split_manifest is not None else "subject_split"}
         _say(progress, "split by subject: " + ", ".join(f"{k} {v} subjects ({len(parts[k])} faces)"
                                                        for k, v in the_split.sizes.items()))
+        for note in the_split.notes:
+            _say(progress, f"split note: {note}")
     for name, path in zip(_unique_names([dataset_name(p) for p in test], taken=set(test_sets)), test):
         test_sets[name] = read.load(path, size=config.input_size, progress=progress)
 
