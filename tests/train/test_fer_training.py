@@ -208,3 +208,15 @@ def test_concatenated_datasets_keep_samples_and_subjects_apart() -> None:
     np.testing.assert_array_equal(both.labels[4:], 1 - second.labels)
     with pytest.raises(DatasetError, match="given twice"):
         concat_arrays([first, first], ("happiness", "surprise"), size=16)
+
+
+def test_min_epochs_holds_off_early_stopping(tmp_path: Path) -> None:
+    train, val = _tiny(21, 4, "tr"), _tiny(22, 6, "va")
+    eager = _tiny_config(epochs=30, lr=3e-3, patience=1, augment=False, batch_size=4)
+    first = train_fer(train, val, eager, tmp_path / "eager", progress=False)
+    assert first.stop_reason == "early-stopping"
+    held = FerTrainConfig.from_dict({**eager.to_dict(), "min_epochs": first.epochs_run + 2})
+    second = train_fer(train, val, held, tmp_path / "held", progress=False)
+    assert second.epochs_run >= first.epochs_run + 2
+    # Same seed, same data: the runs agree on every epoch they share.
+    assert _rows_without_time(second.history[:first.epochs_run]) == _rows_without_time(first.history)

@@ -51,6 +51,7 @@ def train_fer_command(
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
     patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a lower val loss "
                                                        "(0: never)."),
+    min_epochs: int = typer.Option(0, "--min-epochs", help="Never stop early before this epoch."),
     augment: bool = typer.Option(False, "--augment", help="Random flip + small affine (off in the paper)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling, dropout, augmentation."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -68,7 +69,8 @@ def train_fer_command(
 
     class_list = parse_emotions(classes)
     config = FerTrainConfig(variant=variant, classes=class_list, epochs=epochs, batch_size=batch, lr=lr,
-                            patience=patience, augment=augment, seed=seed, threads=threads, device=device)
+                            patience=patience, min_epochs=min_epochs, augment=augment, seed=seed,
+                            threads=threads, device=device)
     read = DatasetOptions(layout=layout, classes=class_list, detect=detect, subject_pattern=subject_pattern,
                           strict=strict)
     run = train_fer_from_paths(

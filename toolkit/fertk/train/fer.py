@@ -9,6 +9,10 @@ A run directory holds:
   curves.png          loss and accuracy curves
   result.json         written last: its presence means the run finished
 
+Small data: the CNN starts on a plateau (uniform predictions) that it leaves after roughly
+50-150 Adam steps; with a few hundred faces (a handful of steps per epoch) and lr 1e-4, patience 5
+can stop training on that plateau. More data, `min_epochs`, a larger patience or lr avoid it.
+
 Determinism: every random stream (weight init, shuffling, dropout, augmentation) is seeded from
 (seed, epoch), so an epoch's randomness does not depend on what ran before it and resuming after
 epoch k needs only the model, the optimizer and the early-stopping counters. On CPU a resumed run
@@ -64,6 +68,7 @@ class FerTrainConfig:
     lr: float = 1e-4                       # Adam learning rate
     patience: int = 5                      # epochs without a lower val loss before stopping; 0 = never
     min_delta: float = 0.0                 # a val loss must drop by more than this to count
+    min_epochs: int = 0                    # never stop early before this epoch (0: the paper's rule)
     seed: int = 0
     augment: bool = False                  # random flip + small affine (rotation, scale, shift)
     threads: int | None = None             # torch CPU threads; None = leave torch's setting
@@ -79,8 +84,8 @@ class FerTrainConfig:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InvalidInputError(f"the learning rate must be positive, got {self.lr}")
-        if self.patience < 0:
-            raise InvalidInputError(f"patience must be >= 0, got {self.patience}")
+        if self.patience < 0 or self.min_epochs < 0:
+            raise InvalidInputError(f"patience and min_epochs must be >= 0, got {self.patience}, {self.min_epochs}")
         if self.threads is not None and self.threads < 1:
             raise InvalidInputError(f"threads must be >= 1, got {self.threads}")
 
@@ -474,7 +479,7 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
                     save_fer_model(model, paths["model.safetensors"], extra=card_extra(None))
                 else:
                     bad_epochs += 1
-                    early_stopped = config.patience > 0 and bad_epochs >= config.patience
+                    early_stopped = 0 < config.patience <= bad_epochs and epoch >= config.min_epochs
                 atomic_write_text(paths["history.csv"], _history_csv(history))
                 _save_state(paths["last.pt"], {
                     "format": STATE_FORMAT, "config": config.to_dict(), "classes": list(classes),
