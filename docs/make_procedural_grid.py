@@ -55,7 +55,7 @@ def main() -> None:
     gap = np.full((6, panels[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate(panels[:2] + [gap] + panels[2:], axis=0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(args.out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(args.out)
 
 

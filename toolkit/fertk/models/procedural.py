@@ -3,16 +3,23 @@
 The embedded default generator of fertk and the test world where the right answer is known. An
 identity vector (uniform [0, 1), mapped in-graph to face shape, skin, eyes, brows, nose, mouth,
 hair, lighting, pose and capture conditions) and an action-unit vector (intensities in [0, 1])
-give an image in [-1, 1]. Shapes are implicit (ellipses, parabolic curves measured in pixel
-units) with a one-pixel linear ramp at every edge, so the output is anti-aliased at any
-resolution. The graph is a fixed sequence of elementwise ops plus one batched matmul: no loop
-over the batch, no data-dependent control flow; it exports to ONNX (opset 17, dynamic batch).
+give an image in [-1, 1]. Shapes are implicit (ellipses, superellipses, parabolic lids, lips and
+brows) with a one-pixel linear ramp at every edge, so the output is anti-aliased at any
+resolution. The graph is a fixed sequence of tensor ops: no loop over the batch, no
+data-dependent control flow; it exports to ONNX (opset 17, dynamic batch).
 
-Speed comes from two choices: every feature is computed in mirrored coordinates (|u - centre|),
-so one evaluation draws both eyes, brows, ears, nostrils and mouth halves; and everything that
-depends only on the identity (background, hair, face outline, shading, static shadows, the
-masks that AUs merely deepen) is computed once per identity and shared by all of its
-expressions (`render_expressions`), which is how the synth pipeline calls it.
+Where the speed comes from:
+- the face is drawn in an axis-aligned, face-centred frame, where a horizontal coordinate is a
+  column vector [..., 1, W] and a vertical one a row vector [..., H, 1]: most arithmetic runs on
+  those vectors and a shape costs one to three full-size ops; one bilinear grid_sample then
+  applies roll, scale and translation to the finished frame;
+- features are mirrored (|u - centre|), so one evaluation draws both eyes, brows, ears, nostrils
+  and mouth halves;
+- brows, eyes, nose, mouth and creases are drawn only inside a static window of the frame that
+  bounds them for every identity of the style and every AU vector;
+- in `render_expressions` everything that depends only on the identity (background, hair, face
+  outline, shading, static shadows, the crease masks AUs deepen) is computed once and shared by
+  all of that identity's expressions: the synth pipeline renders each identity under 6 AU vectors.
 """
 
 from __future__ import annotations
@@ -189,6 +196,14 @@ def _ellipse(u: torch.Tensor, v: torch.Tensor, cx, cy, rx, ry) -> torch.Tensor:
     return ((0.5 + h) - h * du * du - h * dv * dv).clamp_(0.0, 1.0)
 
 
+def _squircle(u: torch.Tensor, v: torch.Tensor, cx, cy, rx, ry) -> torch.Tensor:
+    """Coverage of an axis-aligned superellipse |du|^4 + |dv|^4 <= 1 (straight sides, round corners)."""
+    h = 0.25 * torch.sqrt(rx * ry)                                                # d = h (1 - q) at the boundary
+    du, dv = (u - cx) / rx, (v - cy) / ry
+    du, dv = du * du, dv * dv
+    return ((0.5 + h) - h * du * du - h * dv * dv).clamp_(0.0, 1.0)
+
+
 def _blob(u: torch.Tensor, v: torch.Tensor, cx, cy, rx, ry, weight=1.0) -> torch.Tensor:
     """Soft bump weight * max(1 - q, 0) of an axis-aligned ellipse (for shadows and highlights)."""
     du, dv = (u - cx) / rx, (v - cy) / ry
@@ -252,9 +267,8 @@ class ProceduralFaces(nn.Module):
             "noise_a": noise[0].view(1, 1, res, res),
             "noise_b": noise[1].view(1, 1, res, res),
             "au_to_mask": _au_mask_weights(),
-            # (x, y, 1) of every pixel centre, row-major: the camera's sampling grid is this @ theta.
-            "frame_coords": torch.stack([centres.repeat(res), centres.repeat_interleave(res),
-                                         torch.ones(res * res)], dim=1).view(1, res * res, 3),
+            "grid_x": centres.view(1, 1, res, 1),                                # camera grid terms
+            "grid_y": centres.view(1, res, 1, 1),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.contiguous(), persistent=False)
@@ -296,9 +310,9 @@ class ProceduralFaces(nn.Module):
     def _render(self, identity: torch.Tensor, au: torch.Tensor, *, shared: bool) -> torch.Tensor:
         """identity [M, D], au [M or 1, E, A] -> images [M, E, C, H, W].
 
-        `shared` (a static choice, not data) picks how per-expression work reuses identity work:
-        True mixes the crease masks with one batched matmul and keeps the identity outline for
-        shading; False (one expression per identity) accumulates directly, with fewer ops.
+        `shared` (a static choice, not data) picks how the K crease masks become per-expression
+        darkening: True (E expressions share an identity) mixes them with one batched matmul;
+        False (one expression per identity) accumulates them directly, with fewer ops.
         """
         res = self.resolution
         params = self.param_lo + self.param_span * identity.to(torch.float32).clamp(0.0, 1.0)
@@ -353,7 +367,7 @@ class ProceduralFaces(nn.Module):
         cloth_c = _palette(params[:, _ID["clothing"]], self.clothing_palette)
 
         # ---- identity layers: background, clothing, hair ------------------------------------
-        phase = p("noise_phase")
+        phase = p("noise_phase")                          # also orients the background gradient
         slope = p("background_slope")
         shade_bg = (1.0 + slope * torch.cos(phase) * self.xs) + slope * torch.sin(phase) * self.ys
         img = color(bg_c) * shade_bg.unsqueeze(2)                                   # [M, 1, C, H, W]
@@ -364,11 +378,18 @@ class ProceduralFaces(nn.Module):
         hair_top = -(fh + (0.06 + 0.16 * volume) * k)
         hair_rx = fw + (0.05 + 0.13 * volume) * k
         hair_len = p("hair_length") * k
-        a_hair_back = _ellipse(U, V, 0.0, (hair_top + hair_len) * 0.5, hair_rx, (hair_len - hair_top) * 0.5)
+        hair_oval = _ellipse(U, V, 0.0, 0.05 * k, hair_rx, 0.05 * k - hair_top)
+        # Hair behind the head: the head oval cut at the hair length; long hair also falls
+        # straight (a superellipse) from the eyes to the shoulders, a little wider.
+        long_hair = ((p("hair_length") - 0.25) / 0.2).clamp(0.0, 1.0)
+        cut = (hair_len + 0.5 - V).clamp(0.0, 1.0)                                 # row vector
+        fall = _squircle(U, V, 0.0, (hair_len - 0.1 * k) * 0.5, hair_rx + 0.08 * k * long_hair,
+                         (hair_len + 0.1 * k) * 0.5).mul_(long_hair)
+        a_hair_back = torch.maximum(hair_oval * cut, fall)
         hl = p("hairline") * k
         curve = (hl + 0.02 * k) / (fw * fw)
         hairline = (curve * U + p("hair_part")) * U - hl + 0.5                    # column vector
-        a_fringe = (hairline - V).clamp_(0.0, 1.0) * _ellipse(U, V, 0.0, 0.05 * k, hair_rx, 0.05 * k - hair_top)
+        a_fringe = (hairline - V).clamp_(0.0, 1.0).mul_(hair_oval)
         a_hair = torch.maximum(a_hair_back, a_fringe)
         strands = 1.0 + 0.07 * torch.sin(U * (41.0 / k) + p("hair_part") * 20.0)   # column vector
         img = img.lerp_(color(hair_c) * strands.unsqueeze(2), a_hair.unsqueeze(2))
@@ -376,7 +397,6 @@ class ProceduralFaces(nn.Module):
 
         # ---- skin: neck, ears, face oval (AU26 drops the chin) ------------------------------
         neck = (fw * 0.55 + 0.5 - Ua).clamp(0.0, 1.0) * (V - 0.2 * k + 0.5).clamp(0.0, 1.0)
-        long_hair = ((p("hair_length") - 0.25) / 0.2).clamp(0.0, 1.0)
         ears = _ellipse(Ua, V, fw - 0.015 * k, ey + 0.09 * k, 0.07 * k, 0.13 * k).mul_(1.0 - long_hair)
         body = torch.maximum(neck, ears)
 
@@ -521,9 +541,12 @@ class ProceduralFaces(nn.Module):
         # becomes a ScatterND with a per-element index tensor, slow in ONNX Runtime).
         middle = torch.cat([img[..., r0:r1, :c0], win, img[..., r0:r1, c1:]], dim=-1)
         img = torch.cat([img[..., :r0, :], middle, img[..., r1:, :]], dim=-2)
+        frame = img.mul_(light.unsqueeze(2)).sub_(1.0)                            # [-1, 1] (before noise)
+        image = self._camera(frame, p("roll"), p("shift_x"), p("shift_y"), p("scale"))
+        # Sensor noise is added in image coordinates, after the camera, so the border padding of
+        # the camera never smears it.
         noise = (torch.cos(phase) * p("noise")) * self.noise_a + (torch.sin(phase) * p("noise")) * self.noise_b
-        frame = img.mul_(light.unsqueeze(2)).add_((2.0 * noise - 1.0).unsqueeze(2)).clamp_(-1.0, 1.0)
-        return self._camera(frame, p("roll"), p("shift_x"), p("shift_y"), p("scale"))
+        return image.add_((2.0 * noise).unsqueeze(2)).clamp_(-1.0, 1.0)
 
     def _camera(self, frame: torch.Tensor, roll, shift_x, shift_y, scale) -> torch.Tensor:
         """Place the face-centred frame [M, E, C, H, W] in the image: rotate, scale, translate.
@@ -532,12 +555,14 @@ class ProceduralFaces(nn.Module):
         """
         m, e, c, h, w = frame.shape
         cos, sin = torch.cos(roll) / scale, torch.sin(roll) / scale               # [M, 1, 1, 1]
-        offset_x = -(cos * shift_x + sin * shift_y)
-        offset_y = sin * shift_x - cos * shift_y
-        # Rows: coefficient of x, of y, constant; columns: grid x, grid y.
-        theta = torch.cat([cos, -sin, sin, cos, offset_x, offset_y], dim=1).view(m, 1, 3, 2)
-        theta = theta.expand(-1, e, -1, -1).reshape(m * e, 3, 2)
-        grid = torch.matmul(self.frame_coords, theta).view(m * e, h, w, 2)
+        # grid[..., :] = x * (cos, -sin) + y * (sin, cos) + offset, built in [M, H, W, 2] layout
+        # from a column term and a row term (one full-size op, no interleaving copy).
+        along_x = torch.cat([cos, -sin], dim=-1)                                   # [M, 1, 1, 2]
+        along_y = torch.cat([sin, cos], dim=-1)
+        offset = -(shift_x * along_x + shift_y * along_y)
+        column = self.grid_x * along_x + offset                                    # [M, 1, W, 2]
+        row = self.grid_y * along_y                                                # [M, H, 1, 2]
+        grid = (column.unsqueeze(1) + row.unsqueeze(1)).expand(-1, e, -1, -1, -1).reshape(m * e, h, w, 2)
         out = nn.functional.grid_sample(frame.reshape(m * e, c, h, w), grid, mode="bilinear",
                                         padding_mode="border", align_corners=False)
         return out.view(m, e, c, h, w)
@@ -618,8 +643,8 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU1"], forehead] = 0.22
     w[_AU["AU2"], forehead] = 0.18
     w[_AU["AU6"], crows] = 0.2
-    w[_AU["AU6"], fold] = 0.12
-    w[_AU["AU12"], fold] = 0.22
+    w[_AU["AU6"], fold] = 0.08
+    w[_AU["AU12"], fold] = 0.16
     w[_AU["AU9"], fold] = 0.28
     w[_AU["AU6"], cheek] = -0.07
     w[_AU["AU12"], cheek] = -0.04
