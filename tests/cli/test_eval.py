@@ -67,11 +67,11 @@ def test_eval_scores_several_test_sets_and_writes_reports(tmp_path: Path, model_
                  "indb_confusion.png", "indb_per_class.png", "mmi.json", "summary.csv", "summary.json"):
         assert (out / name).is_file(), name
 
-    # Human output: one row per test set; reports default to <run dir>/eval.
+    # Human output: one row per test set; reports default to <run dir>/reports.
     plain = runner.invoke(app, ["eval", str(model_path.parent), str(indb), *FAST])
     assert plain.exit_code == 0, plain.output
     assert "indb" in plain.stdout and "accuracy" in plain.stdout
-    assert (model_path.parent / "eval" / "indb.json").is_file()
+    assert (model_path.parent / "reports" / "indb.json").is_file()
 
 
 def test_checkpoint_expectations_and_missing_files_are_one_line_errors(tmp_path: Path, model_path: Path,

@@ -11,13 +11,14 @@ from fertk.cli._common import JSON_OPTION, err, out, print_json
 
 
 def default_eval_dir(model: Path) -> Path:
-    """Reports go beside the model: `<run dir>/eval`, else `./eval-<model name>`."""
+    """Reports go beside the model: `<run dir>/reports` (training keeps `eval/` for its own test
+    part), else `./reports-<model name>`."""
     model = model.expanduser()
     if model.is_dir() and (model / "model.safetensors").is_file():
-        return model / "eval"
+        return model / "reports"
     if model.suffix == ".safetensors":
-        return model.parent / "eval"
-    return Path(f"eval-{model.stem or 'model'}")
+        return model.parent / "reports"
+    return Path(f"reports-{model.stem or 'model'}")
 
 
 @app.command("eval")
@@ -34,7 +35,7 @@ def eval_command(
     backend: str = typer.Option("torch", "--backend", help="torch (the PyTorch reference), ort, trt or auto."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
     batch: int = typer.Option(256, "--batch", help="Faces per forward pass."),
-    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: <run dir>/eval)."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: <run dir>/reports)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress output on stderr."),
     json_output: bool = JSON_OPTION,
 ) -> None:
