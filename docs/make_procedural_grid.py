@@ -1,6 +1,7 @@
 """Render the README sample grid of the procedural face model: identities x (neutral + six emotions), both styles.
 
 Usage: python docs/make_procedural_grid.py [--out docs/images/procedural_grid.png] [--size 96] [--rows 8]
+       [--framing portrait|face]
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expressio
 COLUMNS = (NEUTRAL,) + EKMAN
 
 
-def render_panel(style: str, size: int, rows: int, seed: int, intensity: float) -> np.ndarray:
+def render_panel(style: str, size: int, rows: int, seed: int, intensity: float, framing: str) -> np.ndarray:
     """One style's grid as an RGB uint8 array [rows*size, len(COLUMNS)*size, 3]."""
-    model = ProceduralFaces(ProceduralConfig(resolution=size, color=True, style=style))
+    model = ProceduralFaces(ProceduralConfig(resolution=size, color=True, style=style, framing=framing))
     identities = random_identities(rows, seed)
     with torch.no_grad():
         images = model.render_expressions(identities, expression_aus(COLUMNS, intensity))
@@ -47,10 +48,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--intensity", type=float, default=1.0)
+    parser.add_argument("--framing", default="portrait", choices=("portrait", "face"))
     args = parser.parse_args()
     panels = []
     for style in ("studio", "natural"):
-        panel = render_panel(style, args.size, args.rows, args.seed, args.intensity)
+        panel = render_panel(style, args.size, args.rows, args.seed, args.intensity, args.framing)
         panels += [header(panel.shape[1], args.size, f"style={style}, intensity={args.intensity:g}"), panel]
     gap = np.full((6, panels[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate(panels[:2] + [gap] + panels[2:], axis=0)

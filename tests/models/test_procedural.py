@@ -49,10 +49,13 @@ def _corner_aus(n: int, seed: int) -> torch.Tensor:
 
 
 def test_config_validates_and_is_json_able() -> None:
-    cfg = ProceduralConfig(resolution=48, color=False, style="natural")
-    assert json.loads(json.dumps(cfg.to_dict())) == {"resolution": 48, "color": False, "style": "natural"}
+    cfg = ProceduralConfig(resolution=48, color=False, style="natural", framing="face")
+    assert json.loads(json.dumps(cfg.to_dict())) == {"resolution": 48, "color": False, "style": "natural",
+                                                     "framing": "face"}
     with pytest.raises(InvalidInputError, match="style"):
         ProceduralConfig(style="cartoon")
+    with pytest.raises(InvalidInputError, match="framing"):
+        ProceduralConfig(framing="landscape")
     with pytest.raises(InvalidInputError, match="resolution"):
         ProceduralConfig(resolution=8)
     with pytest.raises(InvalidInputError, match="resolution"):
@@ -100,13 +103,14 @@ def test_identities_are_seeded_uniform_and_batch_independent() -> None:
 # ---- rendering contract -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("resolution,color", [(64, True), (32, False), (100, True)])
-def test_shapes_range_and_determinism(resolution: int, color: bool) -> None:
-    model = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color, style="natural"))
+@pytest.mark.parametrize("resolution,color,framing", [(64, True, "portrait"), (32, False, "face"), (100, True, "face")])
+def test_shapes_range_and_determinism(resolution: int, color: bool, framing: str) -> None:
+    config = ProceduralConfig(resolution=resolution, color=color, style="natural", framing=framing)
+    model = ProceduralFaces(config)
     ids, aus = random_identities(7, 1), expression_aus(ALL_SEVEN)
     with torch.no_grad():
         out = model(ids, aus)
-        again = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color, style="natural"))(ids, aus)
+        again = ProceduralFaces(config)(ids, aus)
     assert out.shape == (7, 3 if color else 1, resolution, resolution) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.min() >= -1.0 and out.max() <= 1.0
     assert out.std() > 0.2                                            # an image, not a flat field
@@ -128,12 +132,12 @@ def test_batch_independence_and_shared_identity_form(studio: ProceduralFaces) ->
         studio(ids[:, :5], aus[:5])
 
 
-@pytest.mark.parametrize("style", ["studio", "natural"])
-def test_feature_window_holds_every_feature(style: str) -> None:
+@pytest.mark.parametrize("style,framing", [("studio", "portrait"), ("natural", "portrait"), ("natural", "face")])
+def test_feature_window_holds_every_feature(style: str, framing: str) -> None:
     """Features are drawn in a static window of the frame; at the corners of the parameter box
     the windowed render must equal a full-frame render."""
-    windowed = ProceduralFaces(ProceduralConfig(resolution=48, style=style))
-    full = ProceduralFaces(ProceduralConfig(resolution=48, style=style))
+    windowed = ProceduralFaces(ProceduralConfig(resolution=48, style=style, framing=framing))
+    full = ProceduralFaces(ProceduralConfig(resolution=48, style=style, framing=framing))
     full._window = (0, 48, 0, 48)
     assert windowed._window != full._window
     ids = torch.cat([_corner_identities(40, 0), random_identities(8, 1)])
@@ -194,7 +198,6 @@ def test_styles_differ_like_two_capture_setups() -> None:
             "background_spread": corners.mean(1).std().item(),        # varied backgrounds
             "sensor_noise": (gray[:, :, 1:] - gray[:, :, :-1])[:, :6, :6].abs().mean().item(),
             "side_light": (face[:, :, :12].mean((1, 2)) - face[:, :, -12:].mean((1, 2))).abs().mean().item(),
-            "pose_spread": (gray < gray.mean((1, 2), keepdim=True)).float().mean((1,)).argmax(-1).float().std().item(),
         }
     for key in ("background_spread", "sensor_noise", "side_light"):
         assert stats["natural"][key] > 2 * stats["studio"][key], (key, stats)
@@ -226,6 +229,7 @@ def _export_and_compare(model: ProceduralFaces, path, *, dynamo: bool) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
 def test_onnx_export_matches_torch(tmp_path) -> None:
     model = ProceduralFaces(ProceduralConfig(resolution=64, style="natural")).eval()
     _export_and_compare(model, tmp_path / "procedural.onnx", dynamo=False)
@@ -245,7 +249,7 @@ def test_registry_builds_without_weights_only() -> None:
     model, card = load_model("procedural", resolution=32, color=False)
     assert isinstance(model, ProceduralFaces) and model.resolution == 32 and model.channels == 1
     assert card.source == "procedural" and card.weights_sha256 is None
-    assert card.config == {"resolution": 32, "color": False, "style": "studio"}
+    assert card.config == {"resolution": 32, "color": False, "style": "studio", "framing": "portrait"}
     assert [spec["name"] for spec in card.inputs] == ["identity", "au"]
     assert card.outputs[0]["shape"] == ["batch", 1, 32, 32]
     assert card.inputs[1]["columns"] == list(ACTION_UNITS)
@@ -268,7 +272,7 @@ def _render_set(model: ProceduralFaces, n: int, seed: int, low: float, high: flo
 
 
 def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> nn.Module:
-    torch.manual_seed(0)
+    torch.manual_seed(1)                                              # dropout
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     g = torch.Generator().manual_seed(0)
@@ -292,6 +296,8 @@ def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, 
 
 
 def _assert_credible(acc_full: float, acc_weak: float, confusion: torch.Tensor, floor: float) -> None:
+    """High accuracy at full intensity, lower at 0.3, and fear/surprise confused more than
+    happiness/anger (`confusion`: mean-probability matrices of both test sets, summed)."""
     c = {name: i for i, name in enumerate(EKMAN)}
     fear_surprise = confusion[c["fear"], c["surprise"]] + confusion[c["surprise"], c["fear"]]
     happy_anger = confusion[c["happiness"], c["anger"]] + confusion[c["anger"], c["happiness"]]
@@ -312,25 +318,45 @@ def test_cnn_learns_expressions_that_transfer_to_unseen_identities() -> None:
         return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
     # Input [N, 1, 64, 64] in [0, 1] like the Table-1 CNN; pooled to 32 px to keep the test quick.
+    torch.manual_seed(0)
     net = nn.Sequential(nn.AvgPool2d(2), *block(1, 8), *block(8, 16), *block(16, 32),
                         nn.Flatten(), nn.Dropout(0.3), nn.Linear(32 * 4 * 4, len(EKMAN)))
-    net = _train(net, (x_train - 0.5) / 0.25, y_train, steps=250, lr=3e-3)
-    acc_full, confusion = _evaluate(net, (x_full - 0.5) / 0.25, y_full)
-    acc_weak, _ = _evaluate(net, (x_weak - 0.5) / 0.25, y_weak)
-    _assert_credible(acc_full, acc_weak, confusion, floor=0.9)
+    # One thread: the ops are small, and a second thread only spins when the machine is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = _train(net, (x_train - 0.5) / 0.25, y_train, steps=250, lr=3e-3)
+        acc_full, confusion_full = _evaluate(net, (x_full - 0.5) / 0.25, y_full)
+        acc_weak, confusion_weak = _evaluate(net, (x_weak - 0.5) / 0.25, y_weak)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_credible(acc_full, acc_weak, confusion_full + confusion_weak, floor=0.9)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["studio", "natural"])
-def test_table1_cnn_learns_the_procedural_world(style: str) -> None:
-    """The paper's Table-1 CNN on 300 train identities, evaluated on 150 unseen ones."""
-    from fertk.models.fer_cnn import FerCNN, FerCNNConfig
+def test_table1_cnn_learns_the_procedural_world(style: str, tmp_path) -> None:
+    """The paper's Table-1 CNN, trained by fertk's own trainer (Adam 1e-4, early stopping) on 200
+    procedural identities (face crops, as the paper's pipeline feeds it), recognises the six
+    emotions of 100 unseen ones. (On whole portraits it sits on its initial plateau far longer.)"""
+    from fertk.data.records import FaceArrays
+    from fertk.models.fer_cnn import load_fer_model
+    from fertk.train.fer import FerTrainConfig, train_fer
 
-    model = ProceduralFaces(ProceduralConfig(resolution=64, color=False, style=style)).eval()
-    x_train, y_train = _render_set(model, 300, seed=1, low=0.5, high=1.0)
-    x_full, y_full = _render_set(model, 150, seed=2, low=1.0, high=1.0)
-    x_weak, y_weak = _render_set(model, 150, seed=2, low=0.3, high=0.3)
-    net = _train(FerCNN(FerCNNConfig(variant="paper")), x_train, y_train, steps=600, lr=5e-4)
-    acc_full, confusion = _evaluate(net, x_full, y_full)
-    acc_weak, _ = _evaluate(net, x_weak, y_weak)
-    _assert_credible(acc_full, acc_weak, confusion, floor=0.9)
+    model = ProceduralFaces(ProceduralConfig(resolution=64, color=False, style=style, framing="face")).eval()
+
+    def arrays(n: int, seed: int, low: float, high: float, split: str) -> FaceArrays:
+        x, y = _render_set(model, n, seed, low, high)
+        subjects = np.repeat([f"{split}{i}" for i in range(n)], len(EKMAN))
+        return FaceArrays((x[:, 0] * 255).round().to(torch.uint8).numpy(), y.numpy(), EKMAN, subjects,
+                          np.full(len(y), "procedural"))
+
+    config = FerTrainConfig(variant="paper", epochs=40, min_epochs=15, patience=5, seed=0, threads=2, device="cpu")
+    result = train_fer(arrays(200, 1, 0.5, 1.0, "train"), arrays(40, 3, 0.5, 1.0, "val"), config,
+                       tmp_path / "run", progress=False)
+    net, _ = load_fer_model(result.model_path)
+    x_full, y_full = _render_set(model, 100, seed=2, low=1.0, high=1.0)
+    x_weak, y_weak = _render_set(model, 100, seed=2, low=0.3, high=0.3)
+    acc_full, confusion_full = _evaluate(net, x_full, y_full)
+    acc_weak, confusion_weak = _evaluate(net, x_weak, y_weak)
+    _assert_credible(acc_full, acc_weak, confusion_full + confusion_weak, floor=0.9)

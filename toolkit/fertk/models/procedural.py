@@ -83,6 +83,14 @@ _ID = {name: i for i, name in enumerate(IDENTITY_PARAMS)}
 IDENTITY_DIM = len(IDENTITY_PARAMS)
 AU_DIM = len(ACTION_UNITS)
 
+# Framing: (zoom, face-unit v at the image centre, pose-jitter factor for shift and scale).
+# "face" shows v in [-0.5, 0.86] (mid-forehead to below the chin), like a face detector's crop,
+# with half the translation/scale jitter (a detector re-centres the face; roll stays).
+FRAMINGS: dict[str, tuple[float, float, float]] = {
+    "portrait": (1.0, 0.0, 1.0),
+    "face": (1.47, 0.18, 0.5),
+}
+
 # Luminance weights used when rendering gray (color=False).
 _LUMA = (0.299, 0.587, 0.114)
 # Fixed seed of the two sensor-noise textures (part of the model definition, not user data).
@@ -96,6 +104,7 @@ class ProceduralConfig:
     resolution: int = 64     # output side in pixels (square), any size from 16 to 1024
     color: bool = True       # True: [N, 3, H, W] RGB; False: [N, 1, H, W] luminance (3x less work)
     style: str = "studio"    # capture conditions: one of STYLES ("studio", "natural")
+    framing: str = "portrait"  # "portrait": head and shoulders; "face": forehead-to-chin crop
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int):
@@ -106,6 +115,9 @@ class ProceduralConfig:
         if self.style not in STYLES:
             raise InvalidInputError(f"unknown procedural style {self.style!r}",
                                     hint="choose one of " + ", ".join(STYLES))
+        if self.framing not in FRAMINGS:
+            raise InvalidInputError(f"unknown procedural framing {self.framing!r}",
+                                    hint="choose one of " + ", ".join(FRAMINGS))
         self.color = bool(self.color)
 
     def to_dict(self) -> dict[str, Any]:
@@ -274,7 +286,8 @@ class ProceduralFaces(nn.Module):
             self.register_buffer(name, value.contiguous(), persistent=False)
         # Rows r0:r1 and columns c0:c1 of the frame that can hold brows, eyes, nose, mouth and
         # creases for any identity of this style and any AU vector (static, so exportable).
-        self._window = _feature_window(ranges, res)
+        self._zoom, self._centre_v, self._jitter = FRAMINGS[self.config.framing]
+        self._window = _feature_window(ranges, res, self._zoom, self._centre_v)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -328,9 +341,10 @@ class ProceduralFaces(nn.Module):
             return c.view(c.shape[0], 1, -1, 1, 1)
 
         # ---- frame coordinates (AA units; 1 face unit = k AA units) --------------------------
-        k = (0.5 * res) / p("blur")
-        U = self.xs * k                                   # column vector [M, 1, 1, W]
-        V = self.ys * k                                   # row vector    [M, 1, H, 1]
+        zoom, centre_v = self._zoom, self._centre_v       # framing (static)
+        k = (0.5 * res * zoom) / p("blur")
+        U = self.xs * (k / zoom)                          # column vector [M, 1, 1, W]
+        V = self.ys * (k / zoom) + centre_v * k           # row vector    [M, 1, H, 1]
         yaw = p("yaw")
         fx, fxn = yaw * (0.12 * k), yaw * (0.20 * k)      # inner features / nose tip shift with yaw
         A = (U - fx).abs()                                # mirrored: one evaluation draws both sides
@@ -533,7 +547,7 @@ class ProceduralFaces(nn.Module):
         lip_shadow = (lip_bottom + 0.06 * k - rel).clamp_(0.0, 1.0).sub_(a_lip_bot)
 
         # ---- lines and shadows darken the window; light, noise and camera the whole frame ---
-        dark = dark + lash * 0.75
+        dark = dark.add_(lash, alpha=0.75)
         dark = dark.addcmul_(pupil, a_eye, value=0.7)
         dark = dark.addcmul_(lip_line, tl * 0.45).addcmul_(lip_shadow, tl * 0.25)
         win = win.mul_(dark.mul_(-1.0).add_(1.0).unsqueeze(2))
@@ -542,7 +556,9 @@ class ProceduralFaces(nn.Module):
         middle = torch.cat([img[..., r0:r1, :c0], win, img[..., r0:r1, c1:]], dim=-1)
         img = torch.cat([img[..., :r0, :], middle, img[..., r1:, :]], dim=-2)
         frame = img.mul_(light.unsqueeze(2)).sub_(1.0)                            # [-1, 1] (before noise)
-        image = self._camera(frame, p("roll"), p("shift_x"), p("shift_y"), p("scale"))
+        jitter = self._jitter                             # a face crop is re-centred, as by a detector
+        image = self._camera(frame, p("roll"), p("shift_x") * jitter, p("shift_y") * jitter,
+                             1.0 + (p("scale") - 1.0) * jitter)
         # Sensor noise is added in image coordinates, after the camera, so the border padding of
         # the camera never smears it.
         noise = (torch.cos(phase) * p("noise")) * self.noise_a + (torch.sin(phase) * p("noise")) * self.noise_b
@@ -606,7 +622,8 @@ class ProceduralFaces(nn.Module):
         ]
 
 
-def _feature_window(ranges: dict[str, tuple[float, float]], res: int) -> tuple[int, int, int, int]:
+def _feature_window(ranges: dict[str, tuple[float, float]], res: int, zoom: float = 1.0,
+                    centre_v: float = 0.0) -> tuple[int, int, int, int]:
     """(r0, r1, c0, c1): the frame box that bounds every feature for parameters within `ranges`.
 
     Bounds in face units (the frame's unit) from the extreme parameter values and the largest AU
@@ -627,10 +644,10 @@ def _feature_window(ranges: dict[str, tuple[float, float]], res: int) -> tuple[i
         0.11 + 0.20 * yaw,                                             # nose-side shadow
     )
     margin = 1.0 + hi["blur"]                                          # pixels: edge ramps
-    half = res / 2.0
-    r0 = max(0, math.floor((top + 1.0) * half - margin))
-    r1 = min(res, math.ceil((bottom + 1.0) * half + margin))
-    c0 = max(0, math.floor((1.0 - half_width) * half - margin))
+    half = res / 2.0                                                    # frame y = (v - centre_v) * zoom
+    r0 = max(0, math.floor(((top - centre_v) * zoom + 1.0) * half - margin))
+    r1 = min(res, math.ceil(((bottom - centre_v) * zoom + 1.0) * half + margin))
+    c0 = max(0, math.floor((1.0 - half_width * zoom) * half - margin))
     return r0, r1, c0, res - c0
 
 
