@@ -325,9 +325,6 @@ class DatasetOptions:
 
     def load(self, path: str | Path, *, size: int = 64, progress: bool = False) -> FaceArrays:
         """Read and preprocess one dataset (any layout, or a `fertk synth` output) to FaceArrays."""
-        # Import OpenCV here first: its loader is not thread-safe, and the preprocessing pool's
-        # threads importing it at once can see a half-made module (no cv2.data).
-        import cv2  # noqa: F401
         from fertk.data.datasets import is_synth_dataset, load_arrays
         from fertk.data.preprocess import PreprocessConfig
 

@@ -527,6 +527,10 @@ def preprocess_records(
 def _run_parallel(records: Sequence[FaceRecord], todo: list[int], config: PreprocessConfig,
                   workers: int | None, progress: bool) -> dict[int, tuple[int, np.ndarray | None, str]]:
     """Process records[todo] on a thread pool (OpenCV releases the GIL while it decodes/detects)."""
+    # Import OpenCV before the pool starts: its module init is not thread-safe, and threads
+    # importing it at once can see a half-made module (no `cv2.data`).
+    import cv2  # noqa: F401
+
     workers = workers or min(8, os.cpu_count() or 1)
     results: dict[int, tuple[int, np.ndarray | None, str]] = {}
     bar = None
