@@ -201,6 +201,13 @@ def test_styles_differ_like_two_capture_setups() -> None:
         }
     for key in ("background_spread", "sensor_noise", "side_light"):
         assert stats["natural"][key] > 2 * stats["studio"][key], (key, stats)
+    # The populations differ too: natural draws from wider skin-tone, face-shape, pose and light
+    # ranges, and its camera is blurrier.
+    from fertk.models._procedural_styles import STYLE_RANGES
+    for name in ("skin_tone", "face_width", "jaw", "yaw", "roll", "shift_x", "scale", "light_x"):
+        (s_lo, s_hi), (n_lo, n_hi) = STYLE_RANGES["studio"][name], STYLE_RANGES["natural"][name]
+        assert n_lo <= s_lo and n_hi >= s_hi and n_hi - n_lo > s_hi - s_lo, name
+    assert sum(STYLE_RANGES["natural"]["blur"]) > sum(STYLE_RANGES["studio"]["blur"])
 
 
 # ---- export ---------------------------------------------------------------------------------
