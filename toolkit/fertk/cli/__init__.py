@@ -44,6 +44,7 @@ from fertk.cli import synth as _synth  # noqa: E402,F401
 from fertk.cli import export as _export  # noqa: E402,F401
 from fertk.cli import bench as _bench  # noqa: E402,F401
 from fertk.cli import eval as _eval  # noqa: E402,F401
+from fertk.cli import experiment as _experiment  # noqa: E402,F401
 
 
 def main() -> None:
