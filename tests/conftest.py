@@ -10,8 +10,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# The golden vectors live beside the repository checkout (../shared/golden); FERTK_GOLDEN overrides.
-GOLDEN = Path(os.environ.get("FERTK_GOLDEN", REPO.parent / "shared" / "golden"))
+# Golden vectors made by the official StarGAN / StyleGAN2-ADA code (weights, inputs, outputs; no
+# upstream source): a copy travels with the tests; FERTK_GOLDEN points elsewhere.
+GOLDEN = Path(os.environ.get("FERTK_GOLDEN", Path(__file__).resolve().parent / "golden"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
