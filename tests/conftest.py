@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from fertk.engines.base import TensorSpec
 
 REPO = Path(__file__).resolve().parents[1]
 # Golden vectors made by the official StarGAN / StyleGAN2-ADA code (weights, inputs, outputs; no
@@ -38,3 +41,30 @@ def golden_dir() -> Path:
     if not GOLDEN.is_dir():
         pytest.skip(f"golden vectors not found at {GOLDEN} (set FERTK_GOLDEN)")
     return GOLDEN
+
+
+class TinyConv(nn.Module):
+    """[N, 1, 12, 12] in [0, 1] → logits [N, 4]; declares its own specs like the pipeline does."""
+
+    input_specs = (TensorSpec("image", "float32", ("batch", 1, 12, 12)),)
+    output_specs = (TensorSpec("logits", "float32", ("batch", 4)),)
+    input_ranges = {"image": (0.0, 1.0)}
+    task = "classifier"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 6 * 6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        y = nn.functional.max_pool2d(y, 2)
+        return self.head(y.flatten(1))
+
+
+@pytest.fixture
+def tiny_net() -> TinyConv:
+    """A fresh tiny classifier (eval mode)."""
+    return TinyConv().eval()
