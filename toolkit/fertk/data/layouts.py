@@ -65,6 +65,7 @@ from fertk.emotions import (
     SYNONYMS,
     is_emotion,
     normalize_emotion,
+    parse_emotions,
 )
 from fertk.errors import DatasetError, InvalidInputError
 
@@ -123,16 +124,10 @@ def resolve_classes(classes: Iterable[str] | str | None = EKMAN, keep: Iterable[
     base = EKMAN if classes is None else classes
     items = base.split(",") if isinstance(base, str) else list(base)
     extra = keep.split(",") if isinstance(keep, str) else list(keep)
-    out: list[str] = []
-    for name in items + extra:
-        if not str(name).strip():
-            continue
-        canonical = normalize_emotion(str(name))
-        if canonical not in out:
-            out.append(canonical)
-    if not out:
+    names = [str(name) for name in items + extra if str(name).strip()]
+    if not names:
         raise InvalidInputError("no classes to keep", hint="e.g. classes=EKMAN or keep=('neutral',)")
-    return tuple(out)
+    return parse_emotions(names)
 
 
 class _Collector:
