@@ -49,6 +49,8 @@ def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_
     # The same faces with shuffled labels do not: no better than real only, far below the true labels.
     assert control < real + 0.05
     assert control < helped - 0.15
+    # The cells the verdict rests on trained (left the CNN's initial plateau of uniform predictions).
+    assert rows["real"]["plateau"] == 0 and rows["mix-natural-k002"]["plateau"] == 0
     # Two repeats give an interval (t with 1 degree of freedom) around each mean.
     assert rows["real"]["accuracy"]["natural"]["half_width"] is not None
     gain = rows["mix-natural-k002"]["gain_vs_real"]["natural"]

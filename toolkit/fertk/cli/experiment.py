@@ -125,8 +125,11 @@ def _render_summary(summary: dict[str, Any]) -> None:
     for row in summary["rows"]:
         acc = row["accuracy"]
         real_test = acc.get("test_real") if row["kind"] == "mix" else (acc.get("test") if row["kind"] == "real" else None)
-        table.add_row(row["label"], _fmt(row["train_acc"]), _fmt(acc.get("test")), _fmt(real_test),
+        label = row["label"] + (f" †{row['plateau']}" if row.get("plateau") else "")
+        table.add_row(label, _fmt(row["train_acc"]), _fmt(acc.get("test")), _fmt(real_test),
                       *[_fmt(acc.get(name)) for name in cross])
     out.print(table)
+    if any(row.get("plateau") for row in summary["rows"]):
+        out.print("† n: n repeats never left the CNN's initial plateau (uniform predictions); see the report")
     if summary.get("best_mix"):
         out.print(f"best mix: {summary['best_mix']['label']} ({summary['best_mix']['criterion']})")

@@ -65,6 +65,8 @@ def summarize(config: ExperimentConfig, metrics: Sequence[Mapping[str, Any]]) ->
             "train_faces": float(np.mean([m["counts"]["train"] for m in items])),
             "epochs": float(np.mean([m["train"]["epochs_run"] for m in items])),
             "train_acc": mean_ci(train_acc).to_dict(), "accuracy": accuracy,
+            "plateau": sum(on_plateau(m, len(config.classes)) for m in items),
+            "plateau_flags": [on_plateau(m, len(config.classes)) for m in items],
             "gain_vs_real": gains, "values": {"train_acc": train_acc, **values},
         })
     rows.sort(key=lambda r: (_KIND_ORDER[r["kind"]], r["synthetic"] or "", r["k"]))
@@ -72,6 +74,13 @@ def summarize(config: ExperimentConfig, metrics: Sequence[Mapping[str, Any]]) ->
     return {"ci": CI_NOTE, "level": 0.95, "repeats": config.repeats, "cross_db": cross, "test_sets": test_sets,
             "rows": rows, "best_mix": best, "cells_finished": len(metrics),
             "cells_planned": config.repeats * len(_planned(config))}
+
+
+def on_plateau(metrics: Mapping[str, Any], num_classes: int) -> bool:
+    """True when a cell's CNN never left its starting plateau: best validation loss ≈ ln K."""
+    from fertk.experiment.runner import PLATEAU_FRACTION
+
+    return bool(metrics["train"]["val_loss"] >= PLATEAU_FRACTION * math.log(num_classes))
 
 
 def _planned(config: ExperimentConfig) -> list[Any]:
@@ -121,7 +130,8 @@ def results_table(summary: Mapping[str, Any]) -> str:
     for row in summary["rows"]:
         acc = row["accuracy"]
         real_test = acc.get("test_real") if row["kind"] == "mix" else (acc.get("test") if row["kind"] == "real" else None)
-        cells = [row["label"] + (f" (n={row['n']})" if row["n"] != summary["repeats"] else ""),
+        cells = [row["label"] + (f" (n={row['n']})" if row["n"] != summary["repeats"] else "")
+                 + (f" †{row['plateau']}" if row.get("plateau") else ""),
                  f"{row['train_faces']:.0f}", _fmt(row["train_acc"]), _fmt(acc.get("test")), _fmt(real_test)]
         cells += [_fmt(acc.get(name)) for name in cross]
         lines.append("| " + " | ".join(cells) + " |")
@@ -166,7 +176,7 @@ def accuracy_vs_k_figure(summary: Mapping[str, Any], test_sets: Sequence[str], t
 
     rows = summary["rows"]
     ks = sorted({r["k"] for r in rows if r["kind"] == "mix"})
-    fig = Figure(figsize=(5.2 * len(test_sets), 4.0))
+    fig = Figure(figsize=(5.6 * len(test_sets), 4.8))
     axes = np.atleast_1d(fig.subplots(1, len(test_sets), squeeze=False)[0])
     colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
     synthetic_sets = sorted({r["synthetic"] for r in rows if r["synthetic"]})
@@ -200,14 +210,20 @@ def accuracy_vs_k_figure(summary: Mapping[str, Any], test_sets: Sequence[str], t
                 ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="none", ecolor=colour, capsize=3, linewidth=1)
             for r, xv in zip(mixes, x):  # each repeat, so a small R's spread is visible as it is
                 values = 100 * np.array(r["values"][name], dtype=float)
-                ax.scatter(np.full(len(values), xv), values, s=10, color=colour, alpha=0.45, linewidths=0)
+                stuck = np.array(r.get("plateau_flags") or [False] * len(values), dtype=bool)[:len(values)]
+                ax.scatter(np.full(int((~stuck).sum()), xv), values[~stuck], s=12, color=colour, alpha=0.5,
+                           linewidths=0)
+                ax.scatter(np.full(int(stuck.sum()), xv), values[stuck], s=22, color=colour, marker="x",
+                           linewidths=1)
+        if any(any(r.get("plateau_flags") or []) for r in rows if r["kind"] == "mix"):
+            ax.scatter([], [], s=22, color="grey", marker="x", label="a repeat that never left the plateau")
         ax.set_xticks(ks)
         ax.set_ylim(0, 101)
         ax.set_xlabel("synthetic units added (k)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title("real test split" if name == "test_real" else ("in-database test" if name == "test" else name))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
     repeats = summary["repeats"]
     fig.suptitle(f"{title} — mean ± 95 % CI over {repeats} repeat{'s' if repeats != 1 else ''}", fontsize=10)
     return fig
@@ -392,6 +408,12 @@ def markdown(config: ExperimentConfig, summary: Mapping[str, Any], files: Mappin
     if summary["cells_finished"] < summary["cells_planned"]:
         lines += [f"**Incomplete:** {summary['cells_finished']} of {summary['cells_planned']} cells finished.", ""]
     lines += [results_table(summary), ""]
+    stuck = [r for r in summary["rows"] if r.get("plateau")]
+    if stuck:
+        lines += ["† n: n repeats of that mix never left the CNN's initial plateau (best validation loss ≈ ln K, "
+                  "uniform predictions); they are in the mean. For a real mix that is the optimiser, not the data: "
+                  "raise [train] min_epochs / epochs, or the batch size. A shuffled-label control is expected to "
+                  "stay there.", ""]
     gains = gains_table(summary)
     if gains:
         lines += ["Gain over real only (percentage points, paired by repeat):", "", gains, ""]

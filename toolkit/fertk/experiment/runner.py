@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ UNITS_FORMAT = "fertk-synthetic-units"
 DONE_FILE = "done.json"
 METRICS_FILE = "metrics.json"
 CELL_FILE = "cell.json"
+PLATEAU_FRACTION = 0.98  # best val loss >= this × ln K: the model still predicts (nearly) uniformly
 
 
 # -- seeds ------------------------------------------------------------------------------------------
@@ -444,6 +446,7 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
     from fertk.train.fer import FerTrainConfig, train_fer
 
     started = time.perf_counter()
+    (task.dir / "error.txt").unlink(missing_ok=True)  # from an earlier, failed attempt
     config = FerTrainConfig.from_dict(task.train_config)
     classes, size = tuple(config.classes or ()), config.input_size
     pool = None
@@ -469,6 +472,9 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
         "train": {"acc": result.best["acc"], "loss": result.best["loss"], "val_acc": result.best["val_acc"],
                   "val_loss": result.best["val_loss"], "best_epoch": result.best_epoch,
                   "epochs_run": result.epochs_run, "stop_reason": result.stop_reason},
+        # A CNN that never left its starting plateau predicts the uniform distribution: its best
+        # validation loss stays at ln K. Such a cell measures the optimiser, not the data; say so.
+        "plateau": bool(result.best["val_loss"] >= PLATEAU_FRACTION * math.log(len(classes))),
         "accuracy": {name: report.accuracy for name, report in reports.items()},
         "macro_f1": {name: report.macro_f1 for name, report in reports.items()},
         "reports": {name: report.to_dict() for name, report in reports.items()},
@@ -623,13 +629,15 @@ def run_experiment(config: ExperimentConfig, out: str | Path | None = None, *, j
     metrics_by_key: dict[tuple[str, int], dict[str, Any]] = {}
     failed: list[dict[str, Any]] = []
     todo: list[CellTask] = []
-    for i, task in enumerate(tasks):
-        state = cell_state(task)
+    states = [cell_state(task) for task in tasks]
+    stale = [task for task, state in zip(tasks, states) if state == "stale"]
+    if stale and not force:  # refused before anything in the run directory changes
+        raise OutputExistsError(
+            f"{stale[0].dir} holds cell {stale[0].cell.id} r{stale[0].repeat} made with other settings"
+            + (f" (and {len(stale) - 1} more cell(s))" if len(stale) > 1 else ""),
+            hint="use another --out, or --force to redo the cells whose settings changed")
+    for i, (task, state) in enumerate(zip(tasks, states)):
         if state == "stale":
-            if not force:
-                raise OutputExistsError(
-                    f"{task.dir} holds cell {task.cell.id} r{task.repeat} made with other settings",
-                    hint="use another --out, or --force to redo the cells whose settings changed")
             shutil.rmtree(task.dir)
             state = "new"
         if state == "done":
@@ -703,29 +711,32 @@ def _run_parallel(todo: list[CellTask], data: ExperimentData, jobs: int, threads
 
     # Spawned, not forked: a forked child inherits torch's (possibly busy) OpenMP pool and can hang.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context, initializer=_init_worker,
-                             initargs=(data, threads)) as pool:
-        futures = {}
-        try:
-            for task in todo:
-                futures[pool.submit(_run_in_worker, task)] = task
-                _emit(on_event, "start", f"{task.cell.label} r{task.repeat} (queued)", index=position[id(task)],
-                      total=total, cell=task.cell.id, repeat=task.repeat)
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finished(futures[future], future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context, initializer=_init_worker,
+                               initargs=(data, threads))
+    futures = {}
+    try:
+        for task in todo:
+            futures[pool.submit(_run_in_worker, task)] = task
+            _emit(on_event, "start", f"{task.cell.label} r{task.repeat} (queued)", index=position[id(task)],
+                  total=total, cell=task.cell.id, repeat=task.repeat)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                finished(futures[future], future.result())
+    except BaseException:
+        # Interrupted: queued cells are dropped; running ones finish their epoch files and are
+        # resumed by the next run (their done marker is missing).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _row(task: CellTask, status: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"cell": task.cell.id, "label": task.cell.label, "repeat": task.repeat, "status": status,
             "seconds": round(float(metrics.get("seconds", 0.0)), 2), "train_acc": metrics["train"]["acc"],
-            "epochs": metrics["train"]["epochs_run"], "accuracy": dict(metrics["accuracy"])}
+            "epochs": metrics["train"]["epochs_run"], "plateau": bool(metrics.get("plateau", False)),
+            "accuracy": dict(metrics["accuracy"])}
 
 
 def _done_message(task: CellTask, metrics: dict[str, Any]) -> str:
@@ -733,7 +744,8 @@ def _done_message(task: CellTask, metrics: dict[str, Any]) -> str:
     parts = [f"train {metrics['train']['acc']:.3f}", f"test {acc['test']:.3f}"]
     parts += [f"{name} {value:.3f}" for name, value in acc.items() if name not in ("test", "test_real")]
     return (f"{task.cell.label} r{task.repeat}: " + ", ".join(parts)
-            + f" ({metrics['train']['epochs_run']} epochs, {metrics['seconds']:.1f} s)")
+            + f" ({metrics['train']['epochs_run']} epochs, {metrics['seconds']:.1f} s)"
+            + (" — never left the initial plateau (uniform predictions)" if metrics.get("plateau") else ""))
 
 
 __all__ = ["Cell", "CellTask", "ExperimentData", "ExperimentEvent", "ExperimentResult", "RepeatPlan",
