@@ -59,7 +59,9 @@ def test_parity_failure_is_loud_and_leaves_nothing(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []  # the staging directory is gone too
 
 
-def test_same_weights_reuse_the_cache_other_weights_do_not(tiny_net) -> None:
+def test_same_weights_reuse_the_cache_other_weights_do_not(tiny_net, tmp_path: Path, monkeypatch) -> None:
+    # An empty cache of its own: other tests export the same tiny net under other names.
+    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
     first = export_module(tiny_net)
     assert first.path.parent == artifacts_root() and first.path.name.startswith("tinyconv-")
     stamp = (first.path / CARD_FILE).stat().st_mtime_ns
