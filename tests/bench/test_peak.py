@@ -22,6 +22,14 @@ def test_cpu_gemm_peak_is_measured_with_the_thread_count_asked(precision: str) -
     assert peak.gflops >= peak.gflops_median > 0  # best repetition vs median repetition at that size
     assert peak.size in (256, 512) and peak.repetitions >= 3
     assert peak.to_dict()["gflops"] == peak.gflops
+    # Every CPU GEMM library the backends run on was measured; the peak is the best of them.
+    assert set(peak.by_library) == {"torch", "onnxruntime"} and peak.library in peak.by_library
+    assert peak.gflops == pytest.approx(max(peak.by_library.values()), rel=1e-3)
+
+
+def test_the_peak_can_be_limited_to_one_library() -> None:
+    peak = measure_gemm_peak("cpu", "fp32", threads=1, budget_s=0.05, max_size=256, libraries=("onnxruntime",))
+    assert peak.library == "onnxruntime" and set(peak.by_library) == {"onnxruntime"} and peak.size == 256
 
 
 def test_unknown_precision_and_cpu_bandwidth_are_refused() -> None:

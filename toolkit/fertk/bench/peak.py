@@ -4,6 +4,11 @@ A row's achieved GFLOP/s is compared with the GEMM peak measured on the same dev
 same thread count, in the same process. The peak is the best rate over a few repetitions of the
 largest matrix size that fits the time budget: it is the ceiling, so rows are compared with the
 best the hardware showed, not its average.
+
+On CPU the GEMM of every library a CPU backend runs on is measured (torch's BLAS, and ONNX
+Runtime's MLAS when installed) and the best is the peak: BLAS builds differ by vendor (MKL takes a
+256-bit path on AMD cores that MLAS runs at 512 bits, a 2x gap measured here), and a peak that one
+backend's convolutions beat would make % peak meaningless.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class Peak:
     threads: int | None    # CPU threads (torch.set_num_threads) during the measurement
     repetitions: int
     note: str = ""
+    library: str = "torch"  # whose GEMM gave `gflops`
+    by_library: dict[str, float] | None = None  # each measured library's best rate
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -86,56 +93,105 @@ def _gemm(precision: str) -> Any:
     return torch._int_mm if precision == "int8" else torch.mm
 
 
-def _time_once(fn: Any, a: torch.Tensor, b: torch.Tensor, device: str) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    fn(a, b)
-    _synchronize(device)
-    return time.perf_counter() - start
+def _ort_gemm(n: int, precision: str, threads: int | None) -> Any:
+    """A callable timing one n×n ONNX Runtime GEMM (MatMul, or MatMulInteger for int8), or None."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(n)
+    if precision == "fp32":
+        node, elem = helper.make_node("MatMul", ["A", "B"], ["C"]), (TensorProto.FLOAT, TensorProto.FLOAT)
+        out_type = TensorProto.FLOAT
+        feeds = {"A": rng.standard_normal((n, n), dtype=np.float32), "B": rng.standard_normal((n, n), dtype=np.float32)}
+    elif precision == "int8":
+        # u8 activations × s8 weights: the pairing ORT's QDQ convolutions run on (VNNI where present).
+        node, elem = helper.make_node("MatMulInteger", ["A", "B"], ["C"]), (TensorProto.UINT8, TensorProto.INT8)
+        out_type = TensorProto.INT32
+        feeds = {"A": rng.integers(0, 128, (n, n), dtype=np.uint8), "B": rng.integers(-64, 64, (n, n), dtype=np.int8)}
+    else:
+        return None  # fp16/bf16 CPU GEMMs are not what ORT's CPU provider runs fast
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", elem[0], [n, n]),
+                                               helper.make_tensor_value_info("B", elem[1], [n, n])],
+                              [helper.make_tensor_value_info("C", out_type, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, feeds)
+
+
+def _sweep(make_call: Any, device: str, budget_s: float, max_size: int) -> tuple[float, float, int, int] | None:
+    """Best and median rate over doubling sizes from 256; (best, median, size, repetitions)."""
+    target = budget_s / 8  # one product should take a small slice of the budget
+    deadline = time.perf_counter() + budget_s
+    n, best = 256, None
+    while True:
+        call = make_call(n)
+        if call is None:
+            return best
+        _synchronize(device)
+        call()  # warm-up: allocations, kernel selection
+        size_deadline = min(deadline, time.perf_counter() + budget_s / 3)
+        times: list[float] = []
+        while len(times) < 3 or (len(times) < 20 and time.perf_counter() < size_deadline):
+            _synchronize(device)
+            start = time.perf_counter()
+            call()
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        rate, median = 2 * n**3 / times[0] / 1e9, 2 * n**3 / times[len(times) // 2] / 1e9
+        if best is None or rate > best[0]:
+            best = (rate, median, n, len(times))
+        # Sizes below 1024 rarely reach the peak (and a loaded machine makes small ones look
+        # slow), so growth continues to 1024 whatever the timing says.
+        if n * 2 > max_size or time.perf_counter() > deadline or (n >= 1024 and times[0] * 8 > target):
+            return best
+        n *= 2
 
 
 def measure_gemm_peak(device: str = "cpu", precision: str = "fp32", *, threads: int | None = None,
-                      budget_s: float = 1.0, max_size: int | None = None) -> Peak:
-    """Best GEMM rate on `device` at `precision`: sizes double from 256 while one product stays short."""
+                      budget_s: float = 1.0, max_size: int | None = None,
+                      libraries: tuple[str, ...] | None = None) -> Peak:
+    """Best GEMM rate on `device` at `precision` over the GEMM libraries its backends use."""
     if precision not in _DTYPES:
         raise InvalidInputError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(_DTYPES)}")
     on_gpu = device.startswith("cuda")
     max_size = max_size or (8192 if on_gpu else 4096)
-    # A single product should take a small slice of the budget so several repetitions fit.
-    target = budget_s / 8
+    libraries = libraries or (("torch",) if on_gpu else ("torch", "onnxruntime"))
     fn = _gemm(precision)
+
+    def torch_call(n: int) -> Any:
+        a, b = _matrices(n, precision, device)
+        return lambda: fn(a, b)
+
     tf32 = torch.backends.cuda.matmul.allow_tf32 if on_gpu else None
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = False  # strict fp32: TF32 is a different precision
+    found: dict[str, tuple[float, float, int, int]] = {}
     try:
         with torch_threads(None if on_gpu else threads):
-            deadline = time.perf_counter() + budget_s
-            n, best = 256, None
-            while True:
-                a, b = _matrices(n, precision, device)
-                _time_once(fn, a, b, device)  # warm-up: allocations, kernel selection
-                size_deadline = min(deadline, time.perf_counter() + budget_s / 3)
-                times: list[float] = []
-                while len(times) < 3 or (len(times) < 20 and time.perf_counter() < size_deadline):
-                    times.append(_time_once(fn, a, b, device))
-                times.sort()
-                rate = 2 * n**3 / times[0] / 1e9
-                median = 2 * n**3 / times[len(times) // 2] / 1e9
-                if best is None or rate > best.gflops:
-                    best = Peak(device, precision, rate, median, n, None if on_gpu else torch.get_num_threads(),
-                                len(times))
-                # Sizes below 1024 rarely reach the peak (and a loaded machine makes small ones look
-                # slow), so growth continues to 1024 whatever the timing says.
-                if n * 2 > max_size or time.perf_counter() > deadline or (n >= 1024 and times[0] * 8 > target):
-                    break
-                n *= 2
+            for library in libraries:
+                make = torch_call if library == "torch" else (lambda n: _ort_gemm(n, precision, threads))
+                result = _sweep(make, device, budget_s / len(libraries), max_size)
+                if result is not None:
+                    found[library] = result
+            used_threads = None if on_gpu else torch.get_num_threads()
     finally:
         if on_gpu:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-    assert best is not None
-    if precision == "int8":
-        best.note = "int8 x int8 -> int32 (torch._int_mm); GOP/s"
-    return best
+    library = max(found, key=lambda k: found[k][0])
+    rate, median, size, reps = found[library]
+    note = "int8 x int8 -> int32 (torch._int_mm); GOP/s" if precision == "int8" else ""
+    if precision == "int8" and library == "onnxruntime":
+        note = "u8 x s8 -> int32 (ONNX Runtime MatMulInteger); GOP/s"
+    return Peak(device, precision, rate, median, size, used_threads, reps, note, library,
+                {k: round(v[0], 2) for k, v in found.items()})
 
 
 def measure_copy_bandwidth(device: str = "cuda", *, megabytes: int = 256, repetitions: int = 10) -> list[Bandwidth]:

@@ -36,8 +36,11 @@ def machine_summary(results: BenchResults) -> list[str]:
             lines.append(f"peak {peak['device']} {peak['precision']}: not measured ({peak['error']})")
         else:
             unit = "GOP/s" if peak["precision"] == "int8" else "GFLOP/s"
+            others = ", ".join(f"{lib} {rate:.1f}" for lib, rate in (peak.get("by_library") or {}).items())
             lines.append(f"peak {peak['device']} {peak['precision']} GEMM: {peak['gflops']:.1f} {unit} "
-                         f"(n={peak['size']}, median {peak['gflops_median']:.1f})")
+                         f"({peak.get('library', 'torch')}, n={peak['size']}, median {peak['gflops_median']:.1f}"
+                         + (f"; by library: {others}" if others and len(peak.get("by_library") or {}) > 1 else "")
+                         + ")")
     for bw in results.bandwidth:
         lines.append(f"copy bandwidth {bw['device']} {bw['kind']}: {bw['gbps']:.1f} GB/s")
     for model, count in results.flops.items():
