@@ -332,3 +332,21 @@ def test_save_then_load_safetensors_round_trip(golden_models: dict, tmp_path: Pa
     assert loaded_card.weights_sha256 == card.weights_sha256
     with torch.no_grad():
         assert torch.equal(loaded(io["z"]), model(io["z"]))
+
+
+def test_bf16_engine_runs_the_generator_under_autocast(golden_models: dict) -> None:
+    # The mapping network casts to float32 on purpose (as NVlabs does); a module cast to bf16 would
+    # fail in its first matmul, so the engine switches to autocast for modules that say so.
+    from fertk.engines.base import TensorSpec
+    from fertk.engines.torch_engine import TorchEngine, pins_fp32
+
+    model, _ = golden_models["stylegan2_small"]
+    assert pins_fp32(model)
+    specs = ([TensorSpec("z", "float32", ("batch", model.z_dim))],
+             [TensorSpec("img", "float32", ("batch", 3, model.img_resolution, model.img_resolution))])
+    z = {"z": torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(3)).numpy()}
+    with TorchEngine(model, *specs) as ref, TorchEngine(model, *specs, precision="bf16") as low:
+        assert low.describe()["autocast"]
+        expected, got = ref.run(z)["img"], low.run(z)["img"]
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert np.abs(got - expected).max() < 0.25 and np.abs(got - expected).mean() < 0.03

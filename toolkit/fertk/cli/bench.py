@@ -38,6 +38,9 @@ def bench(
     budget_s: float = typer.Option(None, "--budget-s", help="Timed seconds per row (default 2; --quick 1)."),
     max_call_s: float = typer.Option(None, "--max-call-s", help="Skip rows whose single call is estimated longer (default 10 s)."),
     scale: str = typer.Option(None, "--scale", help="Generator sizes: paper (default) or small (golden-vector sizes)."),
+    calibration_samples: int = typer.Option(
+        None, "--calibration-samples", min=8,
+        help="INT8 calibration + held-out inputs (default 256; a quarter is held out for the accuracy check)."),
     weights: list[str] = typer.Option(None, "--weights", help="MODEL=PATH: bench these weights instead of random ones (repeatable)."),
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the per-row parity check against PyTorch fp32."),
     out_dir: Path = typer.Option(None, "--out", help="Write <cpu|gpu>-<date>.json and .png into this folder."),
@@ -62,6 +65,7 @@ def bench(
         "batches": tuple(int(b) for b in _split(batches)) if _split(batches) else None,
         "precisions": _split(precisions), "threads": threads, "budget_s": budget_s, "max_call_s": max_call_s,
         "scale": scale, "weights": _weights(weights) or None, "parity": False if no_parity else None,
+        "calibration_samples": calibration_samples,
     }
     given = {k: v for k, v in options.items() if v is not None}
     config = quick_config(**given) if quick else BenchConfig(**given)

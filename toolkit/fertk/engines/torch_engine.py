@@ -20,6 +20,11 @@ from fertk.errors import BackendUnavailableError, InvalidInputError
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+def pins_fp32(module: Any) -> bool:
+    """True when some submodule declares (`pins_fp32 = True`) that it casts to float32 internally."""
+    return any(getattr(m, "pins_fp32", False) for m in module.modules())
+
+
 def torch_dtype(name: str) -> Any:
     """torch dtype for a numpy dtype name ("float32", "uint8", ...) or a precision ("fp16")."""
     import torch
@@ -84,7 +89,7 @@ class TorchEngine(Engine):
         self.cuda_graphs = cuda_graphs
         # Casting the module is the fast path; autocast is for modules that pin some math to fp32
         # internally (e.g. a StyleGAN2 mapping network calling .float()), which a cast module breaks.
-        self.autocast = autocast and precision != "fp32"
+        self.autocast = (autocast or pins_fp32(module)) and precision != "fp32"
         if cuda_graphs and not self.device.startswith("cuda"):
             raise InvalidInputError("cuda_graphs=True needs device='cuda'")
         self._torch = torch

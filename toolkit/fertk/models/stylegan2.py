@@ -652,6 +652,10 @@ class SynthesisNetwork(nn.Module):
 class MappingNetwork(nn.Module):
     """z [N, z_dim] (+ c [N, c_dim]) -> ws [N, num_ws, w_dim], with optional truncation."""
 
+    # Casts its inputs to float32 on purpose (as NVlabs does), so a module cast to bf16/fp16 breaks
+    # here: engines run reduced precision on modules holding this flag with autocast instead.
+    pins_fp32 = True
+
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, config: MappingConfig) -> None:
         super().__init__()
         self.z_dim = z_dim
