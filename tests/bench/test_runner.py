@@ -120,3 +120,13 @@ def test_tensorrt_rows(tmp_path: Path) -> None:
     for precision in ("fp32", "fp16", "int8"):
         row = results.find("fer-cnn:paper", "trt", precision, 8)
         assert row is not None and row.open_s is not None and row.parity_argmax_agreement is not None
+
+
+def test_a_precision_the_model_does_not_offer_is_one_skipped_row(tmp_path: Path) -> None:
+    # The procedural renderer is float32 only: bf16 is a fact about the model, not a failure.
+    config = BenchConfig(models=("procedural",), backends=("torch-cpu",), batches=(1, 2),
+                         precisions=("fp32", "bf16"), threads=1, scale="small", parity=False, **TINY)
+    results = run_bench(config, workdir=tmp_path)
+    (skipped,) = [r for r in results.rows if r.precision == "bf16"]
+    assert skipped.status == "skipped" and skipped.batch is None and "float32 only" in skipped.reason
+    assert {r.batch for r in results.ok_rows()} == {1, 2}

@@ -126,3 +126,18 @@ def test_cuda_matches_cpu(tiny_net, options) -> None:
             assert err.passed, err.to_dict()
         tensors = gpu.run({"image": torch.from_numpy(x["image"]).cuda()})
         assert tensors["logits"].is_cuda
+
+
+def test_fp32_only_modules_refuse_other_precisions_by_name() -> None:
+    from fertk.errors import UnsupportedPrecisionError
+    from fertk.models.procedural import ProceduralConfig, ProceduralFaces
+
+    model = ProceduralFaces(ProceduralConfig(resolution=16, color=False))
+    specs = ([TensorSpec("identity", "float32", ("batch", model.identity_dim)),
+              TensorSpec("au", "float32", ("batch", model.au_dim))],
+             [TensorSpec("image", "float32", ("batch", 1, 16, 16))])
+    with pytest.raises(UnsupportedPrecisionError, match="float32 only"):
+        TorchEngine(model, *specs, precision="bf16")
+    with TorchEngine(model, *specs) as engine:
+        x = {"identity": np.full((1, model.identity_dim), 0.5, np.float32), "au": np.zeros((1, model.au_dim), np.float32)}
+        assert engine.run(x)["image"].shape == (1, 1, 16, 16)

@@ -20,6 +20,10 @@ class InvalidInputError(FertkError, ValueError):
     """Bad argument, option combination, tensor shape or dtype."""
 
 
+class UnsupportedPrecisionError(InvalidInputError):
+    """A model that computes at one precision only was asked for another."""
+
+
 class DatasetError(FertkError):
     """A dataset cannot be read: missing root, empty, unknown label, bad layout."""
 

@@ -33,7 +33,7 @@ from fertk.bench.models import MODELS, BenchModel, BenchSubject, BuildContext, c
 from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak, torch_threads
 from fertk.bench.results import BenchResults, BenchRow, fill_speedups
 from fertk.bench.timing import MemoryWatch, TimingPolicy, time_calls
-from fertk.errors import FertkError, InvalidInputError
+from fertk.errors import FertkError, InvalidInputError, UnsupportedPrecisionError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_BATCHES = (1, 8, 32, 128, 256)
@@ -300,6 +300,9 @@ class _ModelRunner:
                 continue
             try:
                 runner, open_s, open_memory, describe = self._open(backend, precision)
+            except UnsupportedPrecisionError as exc:  # the model does not offer it: one row, like a missing backend
+                state.add(self._row(backend, precision, None, status="skipped", reason=_one_line(exc)))
+                continue
             except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
                 reason = str(exc) if isinstance(exc, _StepError) else f"opening the engine failed: {_one_line(exc)}"
                 for batch in self.config.batches:

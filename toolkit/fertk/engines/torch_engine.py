@@ -15,9 +15,14 @@ from typing import Any
 import numpy as np
 
 from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import BackendUnavailableError, InvalidInputError
+from fertk.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def fp32_only(module: Any) -> bool:
+    """True when some submodule declares (`fp32_only = True`) that it computes in float32 only."""
+    return any(getattr(m, "fp32_only", False) for m in module.modules())
 
 
 def pins_fp32(module: Any) -> bool:
@@ -80,6 +85,10 @@ class TorchEngine(Engine):
             raise InvalidInputError(
                 f"torch backend runs {', '.join(PRECISIONS)}, not {precision!r}",
                 hint="int8 runs on the ort backend (QDQ model) or trt")
+        if precision != "fp32" and fp32_only(module):
+            raise UnsupportedPrecisionError(
+                f"{type(module).__name__} computes in float32 only, not {precision}",
+                hint="use precision fp32 (its cost is in elementwise rendering math, not in GEMMs)")
         self.device = resolve_device(device)
         self.precision = precision
         self.compute_dtype = torch_dtype(precision)

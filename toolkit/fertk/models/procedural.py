@@ -249,6 +249,10 @@ class ProceduralFaces(nn.Module):
     [M, E, C, H, W] used by synthesis (identity-only work done once per identity).
     """
 
+    # Smooth-step masks, lerps and sub-pixel coordinates in float32 throughout; bf16/fp16 would
+    # band the shading, and the renderer's cost is elementwise, which low precision barely helps.
+    fp32_only = True
+
     def __init__(self, config: ProceduralConfig | None = None) -> None:
         super().__init__()
         self.config = config or ProceduralConfig()
