@@ -130,3 +130,15 @@ def test_a_precision_the_model_does_not_offer_is_one_skipped_row(tmp_path: Path)
     (skipped,) = [r for r in results.rows if r.precision == "bf16"]
     assert skipped.status == "skipped" and skipped.batch is None and "float32 only" in skipped.reason
     assert {r.batch for r in results.ok_rows()} == {1, 2}
+
+
+def test_generator_int8_is_opt_in_and_each_model_is_checkpointed(tmp_path: Path) -> None:
+    seen: list[int] = []
+    config = BenchConfig(models=("fer-cnn:paper", "procedural"), backends=("ort-cpu",), batches=(1,),
+                         precisions=("int8",), threads=1, scale="small", parity=False, calibration_samples=16,
+                         **TINY)
+    results = run_bench(config, workdir=tmp_path / "w", checkpoint=lambda so_far: seen.append(len(so_far.rows)))
+    assert len(seen) == 2 and seen[-1] == len(results.rows)          # once per model, growing
+    (gen,) = [r for r in results.rows if r.model == "procedural"]
+    assert gen.status == "skipped" and "--int8-generators" in gen.reason
+    assert results.find("fer-cnn:paper", "ort-cpu", "int8", 1) is not None

@@ -62,6 +62,10 @@ class BenchConfig:
     calibration_samples: int = 256      # INT8 calibration + held-out check (procedural faces for the FER CNN)
     weights: dict[str, str] = field(default_factory=dict)   # model key -> weights file
     quick: bool = False
+    # INT8 rows for generator/pipeline graphs. Off by default: ORT's QDQ calibration keeps every
+    # activation of every calibration batch, which for the paper-scale GAN pipeline went past 24 GiB
+    # (OOM-killed here), and QDQ generators fail parity anyway (procedural pipeline: 150 grey levels).
+    int8_generators: bool = False
 
     def __post_init__(self) -> None:
         self.models = tuple(self.models)
@@ -105,7 +109,7 @@ def quick_config(**overrides: Any) -> BenchConfig:
         models=("fer-cnn:paper", "pipeline:procedural"),
         backends=("torch-cpu", "torch-cpu-cl", "ort-cpu", "hand-loop-cpu"),
         batches=(1, 32), precisions=("fp32", "int8"), budget_s=1.0, warmup_s=0.2,
-        max_call_s=5.0, scale="small", quick=True,
+        max_call_s=5.0, scale="small", quick=True, int8_generators=True,
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return BenchConfig(**base)
@@ -113,8 +117,13 @@ def quick_config(**overrides: Any) -> BenchConfig:
 
 # -- the run ----------------------------------------------------------------------------------------
 
-def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir: str | Path | None = None) -> BenchResults:
-    """Run the bench described by `config`; exports and engines go to `workdir` (a temp dir by default)."""
+def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir: str | Path | None = None,
+              checkpoint: Callable[[BenchResults], None] | None = None) -> BenchResults:
+    """Run the bench described by `config`; exports and engines go to `workdir` (a temp dir by default).
+
+    `checkpoint` is called with the results so far after each model, so a crash (an OOM kill on a
+    big model) loses that model's rows only.
+    """
     import torch
 
     from fertk.sysinfo import collect_info
@@ -141,6 +150,9 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
         for key in config.models:
             state.run_model(get_model(key))
             gc.collect()
+            if checkpoint is not None:
+                results.seconds = round(time.perf_counter() - started, 2)
+                checkpoint(results)
         fill_speedups(results.rows, eager_backends=EAGER, hand_loop_backends=HAND_LOOP,
                       hand_loop_models={k: "pipeline:" + k.split(":", 1)[1] for k in MODELS
                                         if k.startswith(("pipeline:", "synth:"))})
@@ -295,6 +307,12 @@ class _ModelRunner:
                                status="skipped", reason=reason))
             return
         for precision in precisions:
+            if (self.model.synth_generator is None and precision == "int8" and not self.config.int8_generators
+                    and self.subject.task != "classifier"):
+                state.add(self._row(backend, precision, None, status="skipped",
+                                    reason="int8 rows are for classifiers by default (QDQ generators lose parity, and "
+                                           "calibrating a paper-scale GAN needs > 24 GiB); add --int8-generators"))
+                continue
             if self.model.synth_generator is not None:
                 self._run_synth(backend, precision)
                 continue

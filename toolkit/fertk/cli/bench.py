@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -42,6 +43,9 @@ def bench(
         None, "--calibration-samples", min=8,
         help="INT8 calibration + held-out inputs (default 256; a quarter is held out for the accuracy check)."),
     weights: list[str] = typer.Option(None, "--weights", help="MODEL=PATH: bench these weights instead of random ones (repeatable)."),
+    int8_generators: bool = typer.Option(
+        False, "--int8-generators",
+        help="Also run INT8 rows for generator graphs (off by default: QDQ calibration of paper-scale GANs needs > 24 GiB)."),
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the per-row parity check against PyTorch fp32."),
     out_dir: Path = typer.Option(None, "--out", help="Write <cpu|gpu>-<date>.json and .png into this folder."),
     compare: Path = typer.Option(None, "--compare", help="A previous results JSON: print new/old ratios."),
@@ -65,18 +69,29 @@ def bench(
         "batches": tuple(int(b) for b in _split(batches)) if _split(batches) else None,
         "precisions": _split(precisions), "threads": threads, "budget_s": budget_s, "max_call_s": max_call_s,
         "scale": scale, "weights": _weights(weights) or None, "parity": False if no_parity else None,
-        "calibration_samples": calibration_samples,
+        "calibration_samples": calibration_samples, "int8_generators": True if int8_generators else None,
     }
     given = {k: v for k, v in options.items() if v is not None}
     config = quick_config(**given) if quick else BenchConfig(**given)
     from rich.markup import escape
 
-    results = run_bench(config, progress=lambda message: err.print(f"[dim]{escape(message)}[/]", highlight=False))
+    checkpoint, partial = None, None
+    if out_dir is not None:
+        from fertk.bench.report import results_stem
+
+        def checkpoint(so_far: Any) -> None:  # the rows so far survive a crash of a later model
+            nonlocal partial
+            partial = so_far.save(Path(out_dir) / f"{results_stem(so_far)}.partial.json")
+
+    results = run_bench(config, progress=lambda message: err.print(f"[dim]{escape(message)}[/]", highlight=False),
+                        checkpoint=checkpoint)
     written = None
     if out_dir is not None:
         from fertk.bench import write_outputs
 
         written = write_outputs(results, out_dir)
+        if partial is not None and Path(partial) != written[0]:
+            Path(partial).unlink(missing_ok=True)
     comparisons = None
     if previous is not None:
         from fertk.bench import compare_results

@@ -53,8 +53,10 @@ PRESETS: dict[str, StandinPreset] = {
                           "the smoke test, two emotions at 16 px"),
 }
 
-# The procedural renderer frames head and shoulders; this box keeps brows to chin, cheek to cheek
-# (the paper's "face cropping"), so the expression is a large part of the picture.
+# The stand-in renders portraits (head and shoulders) and crops them with this box, brows to chin,
+# cheek to cheek (the paper's "face cropping"), so the expression is a large part of the picture.
+# (Its presets were tuned on these faces; `fertk synth`'s default framing="face" renders the face
+# alone at full resolution instead.)
 FACE_CROP = (0.3, 0.22, 0.56, 0.56)
 
 
@@ -67,7 +69,7 @@ def procedural_config_text(preset: str = "default") -> str:
     pool = unit * max(p.k)
     crop = ", ".join(f"{v:g}" for v in FACE_CROP)
     emotions = ", ".join(f'"{e}"' for e in p.classes)
-    common = (f'format = "npy"\noutput_size = {p.face_size}\ncrop = [{crop}]\n'
+    common = (f'format = "npy"\noutput_size = {p.face_size}\nframing = "portrait"\ncrop = [{crop}]\n'
               f'intensity = [{p.intensity[0]:g}, {p.intensity[1]:g}]\nemotions = [{emotions}]')
     return f"""# fertk experiment: the procedural stand-in ({preset} preset: {p.description}).
 #

@@ -58,6 +58,9 @@ class PipelineConfig:
     crop: tuple[float, float, float, float] | None = None  # (top, left, height, width); None: default
     output_size: int = 64                          # side of the output faces
     style: str = "studio"                          # procedural rendering style
+    # Procedural framing: "face" renders forehead to chin at full resolution (the paper's face crop,
+    # what its CNN trains on); "portrait" renders head and shoulders (then crop with `crop`).
+    framing: str = "face"
     resolution: int = 64                           # procedural render side
     color: bool = False                            # procedural: render RGB (True) or BT.601 luma directly
 
@@ -293,7 +296,7 @@ def build_pipeline(config: PipelineConfig | None = None) -> GenerationPipeline:
         from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus
 
         generator = ProceduralFaces(ProceduralConfig(resolution=config.resolution, style=config.style,
-                                                     color=config.color))
+                                                     framing=config.framing, color=config.color))
         cards["generator"] = {"name": "procedural", "architecture": type(generator).__name__,
                               "config": generator.config.to_dict(), "weights_sha256": None,
                               "source": "embedded (no weights)"}

@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 # Options that decide the dataset's bytes; a rerun must match them (or pass --force).
 CONTENT_OPTIONS = (
     "n", "seed", "emotions", "intensity", "format", "shard_size", "generator", "generator_weights",
-    "translator_weights", "truncation", "style", "crop", "output_size", "precision", "filter",
+    "translator_weights", "truncation", "style", "framing", "crop", "output_size", "precision", "filter",
     "filter_threshold", "filter_max_attempts",
 )
 # How each content option is spelled on the command line (for the refusal message).
@@ -53,7 +53,7 @@ OPTION_FLAGS = {
     "n": "--n", "seed": "--seed", "emotions": "--emotions/--neutral", "intensity": "--intensity",
     "format": "--format", "shard_size": "--shard-size", "generator": "--generator",
     "generator_weights": "--generator-weights", "translator_weights": "--translator-weights",
-    "truncation": "--truncation", "style": "--style", "crop": "--crop", "output_size": "--size",
+    "truncation": "--truncation", "style": "--style", "framing": "--framing", "crop": "--crop", "output_size": "--size",
     "precision": "--precision", "filter": "--filter", "filter_threshold": "--filter-threshold",
     "filter_max_attempts": "--filter-attempts",
 }
@@ -78,6 +78,7 @@ class SynthOptions:
     translator_weights: str | None = None
     truncation: float = 0.7
     style: str = "studio"
+    framing: str = "face"                  # procedural: "face" (the paper's crop) or "portrait"
     crop: tuple[float, float, float, float] | None = None
     output_size: int = 64
     filter: str | None = None              # FER CNN weights scoring each face
@@ -127,7 +128,7 @@ class SynthOptions:
             generator=self.generator, generator_weights=self.generator_weights, truncation=self.truncation,
             translator="stargan" if self.generator == "stylegan2" else None,
             translator_weights=self.translator_weights, emotions=self.emotions, crop=self.crop,
-            output_size=self.output_size, style=self.style,
+            output_size=self.output_size, style=self.style, framing=self.framing,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -608,7 +609,8 @@ def _dataset_card(options: SynthOptions, layout: DatasetLayout, plan: SeedPlan, 
         "generator": {"name": options.generator, "weights": options.generator_weights,
                       "sha256": hashes.get("generator_weights"), "card": pipe_card.get("generator"),
                       "truncation": options.truncation if options.generator == "stylegan2" else None,
-                      "style": options.style if options.generator == "procedural" else None},
+                      "style": options.style if options.generator == "procedural" else None,
+                      "framing": options.framing if options.generator == "procedural" else None},
         "translator": None if options.generator == "procedural" else {
             "name": "stargan", "weights": options.translator_weights,
             "sha256": hashes.get("translator_weights"), "card": pipe_card.get("translator")},
