@@ -30,9 +30,9 @@ def _reference_postprocess(rgb01: np.ndarray, crop, size: int) -> np.ndarray:
 
 
 def _reference_procedural(latent: np.ndarray, intensity: np.ndarray, emotions, crop, size: int,
-                          color: bool, resolution: int) -> np.ndarray:
+                          color: bool, resolution: int, framing: str) -> np.ndarray:
     """generate each (identity, emotion) with the plain forward → postprocess, one image at a time."""
-    model = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color)).eval()
+    model = ProceduralFaces(ProceduralConfig(resolution=resolution, color=color, framing=framing)).eval()
     out = np.zeros((len(latent), len(emotions), size, size), dtype=np.uint8)
     with torch.no_grad():
         for i in range(len(latent)):
@@ -44,14 +44,15 @@ def _reference_procedural(latent: np.ndarray, intensity: np.ndarray, emotions, c
     return out
 
 
-@pytest.mark.parametrize("color, crop, size, resolution", [
-    (True, None, 64, 64),                       # default box, same size: crop/gray only
-    (False, (0.1, 0.2, 0.7, 0.6), 32, 64),      # luma render, off-centre box, area shrink
-    (True, (0.0, 0.0, 0.5, 0.5), 48, 64),       # 32 px box enlarged to 48 (bilinear)
+@pytest.mark.parametrize("color, crop, size, resolution, framing", [
+    (True, None, 64, 64, "face"),                       # default box, same size: crop/gray only
+    (False, (0.1, 0.2, 0.7, 0.6), 32, 64, "portrait"),  # luma render, off-centre box, area shrink
+    (True, (0.0, 0.0, 0.5, 0.5), 48, 64, "face"),       # 32 px box enlarged to 48 (bilinear)
 ])
-def test_procedural_pipeline_matches_step_by_step(color, crop, size, resolution):
+def test_procedural_pipeline_matches_step_by_step(color, crop, size, resolution, framing):
     emotions = ("anger", "happiness", "surprise", "neutral")
-    config = PipelineConfig(emotions=emotions, crop=crop, output_size=size, color=color, resolution=resolution)
+    config = PipelineConfig(emotions=emotions, crop=crop, output_size=size, color=color, resolution=resolution,
+                            framing=framing)
     pipeline = build_pipeline(config)
     rng = np.random.default_rng(0)
     latent = rng.random((3, pipeline.latent_dim), dtype=np.float32)
@@ -59,7 +60,7 @@ def test_procedural_pipeline_matches_step_by_step(color, crop, size, resolution)
     with torch.no_grad():
         fused = pipeline(torch.from_numpy(latent), torch.from_numpy(intensity)).numpy()
     assert fused.dtype == np.uint8 and fused.shape == (3, len(emotions), size, size)
-    reference = _reference_procedural(latent, intensity, emotions, config.crop, size, color, resolution)
+    reference = _reference_procedural(latent, intensity, emotions, config.crop, size, color, resolution, framing)
     diff = np.abs(fused.astype(int) - reference.astype(int))
     assert diff.max() <= 1, f"max diff {diff.max()}"
     assert (diff > 0).mean() < 0.01

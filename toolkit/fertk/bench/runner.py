@@ -151,13 +151,20 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
             state.run_model(get_model(key))
             gc.collect()
             if checkpoint is not None:
-                results.seconds = round(time.perf_counter() - started, 2)
+                finish_results(results, started)
                 checkpoint(results)
-        fill_speedups(results.rows, eager_backends=EAGER, hand_loop_backends=HAND_LOOP,
-                      hand_loop_models={k: "pipeline:" + k.split(":", 1)[1] for k in MODELS
-                                        if k.startswith(("pipeline:", "synth:"))})
-        results.seconds = round(time.perf_counter() - started, 2)
+        finish_results(results, started)
         return results
+
+
+def finish_results(results: BenchResults, started: float | None = None) -> BenchResults:
+    """Fill the speed-up columns (vs eager, vs the hand loop) and the run's seconds; idempotent."""
+    fill_speedups(results.rows, eager_backends=EAGER, hand_loop_backends=HAND_LOOP,
+                  hand_loop_models={k: "pipeline:" + k.split(":", 1)[1] for k in MODELS
+                                    if k.startswith(("pipeline:", "synth:"))})
+    if started is not None:
+        results.seconds = round(time.perf_counter() - started, 2)
+    return results
 
 
 @contextlib.contextmanager
@@ -540,6 +547,9 @@ class _ModelRunner:
         for batch in sorted(self.config.batches):
             try:
                 row = self._synth_row(backend, precision, batch)
+            except UnsupportedPrecisionError as exc:  # not offered by the model: one row for all batches
+                state.add(self._row(backend, precision, None, status="skipped", reason=_one_line(exc)))
+                return
             except Exception as exc:  # noqa: BLE001 - recorded as the row's one-line error
                 row = self._row(backend, precision, batch, status="error", reason=_one_line(exc))
             state.add(row)
@@ -549,7 +559,8 @@ class _ModelRunner:
 
         generator = self.model.synth_generator
         assert generator is not None
-        pipeline_key = f"pipeline:{generator}"
+        # The pipeline rows measured earlier in this run: synth:gan's generator is "stylegan2", its graph "pipeline:gan".
+        pipeline_key = "pipeline:" + self.model.key.split(":", 1)[1]
         estimate = self._pipeline_call_s(pipeline_key, backend, precision, batch)
         if estimate is not None and estimate > self.config.max_call_s:
             return self._row(backend, precision, batch, status="skipped",
