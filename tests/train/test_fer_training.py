@@ -220,3 +220,20 @@ def test_min_epochs_holds_off_early_stopping(tmp_path: Path) -> None:
     assert second.epochs_run >= first.epochs_run + 2
     # Same seed, same data: the runs agree on every epoch they share.
     assert _rows_without_time(second.history[:first.epochs_run]) == _rows_without_time(first.history)
+
+
+def test_a_run_stuck_on_the_initial_plateau_is_restarted_from_a_new_initialisation(tmp_path: Path, tiny_data) -> None:
+    train, val = tiny_data
+    # Labels that carry no signal keep every attempt on the plateau (val loss ≈ ln K), so each
+    # allowed restart is taken, at the epochs the config names.
+    noise = FaceArrays(train.images, np.random.default_rng(0).permutation(train.labels), train.classes,
+                       train.subjects, train.sources, train.keys, train.meta)
+    config = _tiny_config(epochs=7, plateau_restarts=2, plateau_steps=6, patience=0, lr=1e-2)  # 3 steps/epoch
+    result = train_fer(noise, val, config, tmp_path / "stuck", progress=False)
+    assert result.restarts == 2 and result.epochs_run == 7
+    assert [row["epoch"] for row in result.history] == list(range(1, 8))  # one continuous history
+    assert result.best_epoch > 4           # the kept model is the last attempt's (restarted after epoch 4)
+    assert json.loads((tmp_path / "stuck" / "result.json").read_text())["restarts"] == 2
+    # The default (the paper's rule) never restarts.
+    plain = train_fer(noise, val, _tiny_config(epochs=5, lr=1e-2), tmp_path / "plain", progress=False)
+    assert plain.restarts == 0 and plain.epochs_run == 5

@@ -78,7 +78,7 @@ def summarize(config: ExperimentConfig, metrics: Sequence[Mapping[str, Any]]) ->
 
 def on_plateau(metrics: Mapping[str, Any], num_classes: int) -> bool:
     """True when a cell's CNN never left its starting plateau: best validation loss ≈ ln K."""
-    from fertk.experiment.runner import PLATEAU_FRACTION
+    from fertk.train.fer import PLATEAU_FRACTION
 
     return bool(metrics["train"]["val_loss"] >= PLATEAU_FRACTION * math.log(num_classes))
 

@@ -48,7 +48,6 @@ UNITS_FORMAT = "fertk-synthetic-units"
 DONE_FILE = "done.json"
 METRICS_FILE = "metrics.json"
 CELL_FILE = "cell.json"
-PLATEAU_FRACTION = 0.98  # best val loss >= this × ln K: the model still predicts (nearly) uniformly
 
 
 # -- seeds ------------------------------------------------------------------------------------------
@@ -443,7 +442,7 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
     """Train one cell from scratch (or resume it), evaluate it, and write its metrics and done marker."""
     from fertk.evaluate import evaluate
     from fertk.models.fer_cnn import load_fer_model
-    from fertk.train.fer import FerTrainConfig, train_fer
+    from fertk.train.fer import PLATEAU_FRACTION, FerTrainConfig, train_fer
 
     started = time.perf_counter()
     (task.dir / "error.txt").unlink(missing_ok=True)  # from an earlier, failed attempt
@@ -475,6 +474,7 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
         # A CNN that never left its starting plateau predicts the uniform distribution: its best
         # validation loss stays at ln K. Such a cell measures the optimiser, not the data; say so.
         "plateau": bool(result.best["val_loss"] >= PLATEAU_FRACTION * math.log(len(classes))),
+        "restarts": result.restarts,
         "accuracy": {name: report.accuracy for name, report in reports.items()},
         "macro_f1": {name: report.macro_f1 for name, report in reports.items()},
         "reports": {name: report.to_dict() for name, report in reports.items()},

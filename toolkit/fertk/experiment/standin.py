@@ -41,6 +41,8 @@ class StandinPreset:
     intensity: tuple[float, float] = (0.7, 1.0)
     batch_size: int = 8
     lr: float = 1e-3
+    plateau_restarts: int = 2   # re-initialise a cell still on the initial plateau (FerTrainConfig)
+    plateau_steps: int = 400
 
 
 PRESETS: dict[str, StandinPreset] = {
@@ -140,8 +142,12 @@ batch_size = {p.batch_size}
 lr = {p.lr:g}
 patience = {p.patience}
 # The CNN starts on a plateau of uniform predictions and needs a few hundred Adam steps to leave
-# it on these faces; min_epochs keeps early stopping from ending a run before that.
+# it on these faces; min_epochs keeps early stopping from ending a run before that. Some
+# initialisations never leave it (the dense layer's ReLUs all die): those are re-initialised
+# after plateau_steps optimiser steps, at most plateau_restarts times (each cell's metrics count the restarts).
 min_epochs = {p.min_epochs}
+plateau_restarts = {p.plateau_restarts}
+plateau_steps = {p.plateau_steps}
 augment = false
 device = "cpu"
 """

@@ -48,6 +48,7 @@ from fertk.models.fer_cnn import INPUT_SIZE, VARIANTS, FerCNN, FerCNNConfig, sav
 from fertk.models.weights import load_into, read_state_dict
 
 STATE_FORMAT = "fertk-fer-train-state/1"
+PLATEAU_FRACTION = 0.98  # best val loss >= this × ln K: the model still predicts (nearly) uniformly
 HISTORY_COLUMNS = ("epoch", "loss", "acc", "val_loss", "val_acc", "lr", "seconds")
 # Options that may change between an interrupted run and its resumption without changing results
 # (more epochs, other thread count or device).
@@ -73,6 +74,13 @@ class FerTrainConfig:
     augment: bool = False                  # random flip + small affine (rotation, scale, shift)
     threads: int | None = None             # torch CPU threads; None = leave torch's setting
     device: str = "auto"                   # "auto" (cuda when available), "cpu", "cuda" or "cuda:N"
+    # Table 1's CNN (dropout .25/.25/.5, Adam) sometimes never leaves its starting plateau on small
+    # data: every ReLU of the dense layer dies and it predicts uniformly for good. With restarts > 0,
+    # a run whose best val loss is still >= PLATEAU_FRACTION × ln K after `plateau_steps` optimiser
+    # steps is re-initialised from the next seed stream (the epoch budget is shared; the count is
+    # recorded). Steps, not epochs: healthy runs can sit on the plateau for 50-250 steps first.
+    plateau_restarts: int = 0
+    plateau_steps: int = 400
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -84,6 +92,9 @@ class FerTrainConfig:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InvalidInputError(f"the learning rate must be positive, got {self.lr}")
+        if self.plateau_restarts < 0 or self.plateau_steps < 1:
+            raise InvalidInputError(f"plateau_restarts must be >= 0 and plateau_steps >= 1, got "
+                                    f"{self.plateau_restarts}, {self.plateau_steps}")
         if self.patience < 0 or self.min_epochs < 0:
             raise InvalidInputError(f"patience and min_epochs must be >= 0, got {self.patience}, {self.min_epochs}")
         if self.threads is not None and self.threads < 1:
@@ -121,6 +132,7 @@ class TrainResult:
     config: dict[str, Any]
     resumed_from: int = 0                  # epochs already done when this call started
     data: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0                      # re-initialisations after a plateau (FerTrainConfig.plateau_restarts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -431,15 +443,22 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     bar = _Progress(progress, math.ceil(len(train_x) / config.batch_size))
+    plateau_loss = PLATEAU_FRACTION * math.log(len(classes))
+    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+
+    def fresh_model(attempt: int) -> tuple[FerCNN, Any]:
+        # Attempt 0 uses the historical stream; restarts draw new, reproducible initialisations.
+        with _seeded(_stream_seed(config.seed, attempt, "init"), torch.device("cpu")):
+            fresh = FerCNN(FerCNNConfig(config.variant, classes, config.input_size))
+        fresh.to(device)
+        return fresh, torch.optim.Adam(fresh.parameters(), lr=config.lr)
+
     with _torch_threads(config.threads):
-        with _seeded(_stream_seed(config.seed, 0, "init"), torch.device("cpu")):
-            model = FerCNN(FerCNNConfig(config.variant, classes, config.input_size))
-        model.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        model, optimizer = fresh_model(0)
         history: list[dict[str, float]] = []
         best_loss, best_epoch, bad_epochs, early_stopped = math.inf, 0, 0, False
         best_state: dict[str, torch.Tensor] | None = None
-        start_epoch = 0
+        start_epoch, restarts, attempt_start = 0, 0, 0
         if resume and paths["last.pt"].is_file():
             saved = _load_state(paths["last.pt"])
             _check_resumable(paths["last.pt"], saved, config, classes, fingerprint)
@@ -449,6 +468,8 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
             start_epoch = int(saved["epoch"])
             best_loss, best_epoch = float(saved["best_val_loss"]), int(saved["best_epoch"])
             bad_epochs, early_stopped = int(saved["bad_epochs"]), bool(saved["early_stopped"])
+            # The saved weights and optimizer state are the current attempt's, whichever restart it is.
+            restarts, attempt_start = int(saved.get("restarts", 0)), int(saved.get("attempt_start", 0))
             if best_epoch:
                 best_state = read_state_dict(paths["model.safetensors"])
             bar.note(f"resuming {run_dir} after epoch {start_epoch}")
@@ -479,7 +500,16 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
                     save_fer_model(model, paths["model.safetensors"], extra=card_extra(None))
                 else:
                     bad_epochs += 1
-                    early_stopped = 0 < config.patience <= bad_epochs and epoch >= config.min_epochs
+                    early_stopped = (0 < config.patience <= bad_epochs
+                                     and epoch - attempt_start >= config.min_epochs)
+                if (restarts < config.plateau_restarts and not best_loss < plateau_loss and epoch < config.epochs
+                        and (epoch - attempt_start) * steps_per_epoch >= config.plateau_steps):
+                    restarts, attempt_start = restarts + 1, epoch
+                    model, optimizer = fresh_model(restarts)
+                    best_loss, best_epoch, bad_epochs, early_stopped = math.inf, 0, 0, False
+                    best_state = None
+                    bar.note(f"epoch {epoch}: still on the initial plateau (val loss {val_loss:.3f} ≈ ln "
+                             f"{len(classes)}); restart {restarts}/{config.plateau_restarts} from a new initialisation")
                 atomic_write_text(paths["history.csv"], _history_csv(history))
                 _save_state(paths["last.pt"], {
                     "format": STATE_FORMAT, "config": config.to_dict(), "classes": list(classes),
@@ -487,7 +517,7 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(), "history": history,
                     "best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "early_stopped": early_stopped,
+                    "early_stopped": early_stopped, "restarts": restarts, "attempt_start": attempt_start,
                 })
                 bar.end_epoch(row, improved)
                 if on_epoch_end is not None:
@@ -507,7 +537,7 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
         run_dir=run_dir, model_path=paths["model.safetensors"], best_epoch=best_epoch, epochs_run=len(history),
         stop_reason=stop_reason, best=dict(next(r for r in history if r["epoch"] == best_epoch)),
         history=history, classes=classes, config=config.to_dict(), resumed_from=start_epoch,
-        data={**card_data, "fingerprint": fingerprint},
+        data={**card_data, "fingerprint": fingerprint}, restarts=restarts,
     )
     atomic_write_text(paths["result.json"], json.dumps(result.to_dict(), indent=2) + "\n")
     paths["last.pt"].unlink(missing_ok=True)  # finished: result.json + model are the run now
