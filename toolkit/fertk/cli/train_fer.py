@@ -52,6 +52,11 @@ def train_fer_command(
     patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a lower val loss "
                                                        "(0: never)."),
     min_epochs: int = typer.Option(0, "--min-epochs", help="Never stop early before this epoch."),
+    plateau_restarts: int = typer.Option(
+        0, "--plateau-restarts", min=0,
+        help="Re-initialise a run still predicting uniformly (val loss ≈ ln K) after --plateau-steps steps, "
+             "at most this many times (0: the paper's rule, never)."),
+    plateau_steps: int = typer.Option(400, "--plateau-steps", min=1, help="Optimiser steps on the plateau before a restart."),
     augment: bool = typer.Option(False, "--augment", help="Random flip + small affine (off in the paper)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling, dropout, augmentation."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -70,7 +75,8 @@ def train_fer_command(
     class_list = parse_emotions(classes)
     config = FerTrainConfig(variant=variant, classes=class_list, epochs=epochs, batch_size=batch, lr=lr,
                             patience=patience, min_epochs=min_epochs, augment=augment, seed=seed,
-                            threads=threads, device=device)
+                            threads=threads, device=device, plateau_restarts=plateau_restarts,
+                            plateau_steps=plateau_steps)
     read = DatasetOptions(layout=layout, classes=class_list, detect=detect, subject_pattern=subject_pattern,
                           strict=strict)
     run = train_fer_from_paths(
@@ -92,6 +98,9 @@ def train_fer_command(
     out.print(f"trained {config.variant} FER CNN on {training.data.get('train', {}).get('n', '?')} faces: "
               f"best epoch {training.best_epoch} of {training.epochs_run} ({training.stop_reason}), "
               f"val_loss {best['val_loss']:.4f}, val_acc {best['val_acc']:.1%}", highlight=False)
+    if training.restarts:
+        out.print(f"restarted {training.restarts} time(s) from a new initialisation after the initial plateau",
+                  highlight=False)
     out.print(f"model: {training.model_path}", highlight=False)
     if run.split:
         out.print(f"split: {run.split['manifest']} ("
