@@ -412,8 +412,8 @@ def markdown(config: ExperimentConfig, summary: Mapping[str, Any], files: Mappin
     if stuck:
         lines += ["† n: n repeats of that mix never left the CNN's initial plateau (best validation loss ≈ ln K, "
                   "uniform predictions); they are in the mean. For a real mix that is the optimiser, not the data: "
-                  "raise [train] min_epochs / epochs, or the batch size. A shuffled-label control is expected to "
-                  "stay there.", ""]
+                  "set [train] plateau_restarts (re-initialise after plateau_steps), or raise min_epochs / epochs "
+                  "or the batch size. A shuffled-label control is expected to stay there.", ""]
     gains = gains_table(summary)
     if gains:
         lines += ["Gain over real only (percentage points, paired by repeat):", "", gains, ""]
