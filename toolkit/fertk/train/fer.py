@@ -394,7 +394,10 @@ def _check_resumable(path: Path, saved: Mapping[str, Any], config: FerTrainConfi
             f"expected {config.variant!r} with classes {list(classes)}",
             hint="use --no-resume to start over, or another --out")
     new = config.to_dict()
-    changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and k != "classes" and old.get(k) != new[k])
+    # An option a run predates (saved by an older fertk) counts as its default.
+    defaults = FerTrainConfig().to_dict()
+    changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and k != "classes"
+                     and old.get(k, defaults[k]) != new[k])
     if changed:
         raise OutputExistsError(
             f"{path.parent} holds a run with different options ({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in changed)})",
@@ -442,9 +445,9 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
         return finished
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(progress, math.ceil(len(train_x) / config.batch_size))
-    plateau_loss = PLATEAU_FRACTION * math.log(len(classes))
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    bar = _Progress(progress, steps_per_epoch)
+    plateau_loss = PLATEAU_FRACTION * math.log(len(classes))
 
     def fresh_model(attempt: int) -> tuple[FerCNN, Any]:
         # Attempt 0 uses the historical stream; restarts draw new, reproducible initialisations.
