@@ -75,14 +75,13 @@ def bench(
     config = quick_config(**given) if quick else BenchConfig(**given)
     from rich.markup import escape
 
-    checkpoint, partial = None, None
-    if out_dir is not None:
+    def partial_path(so_far: Any) -> Path:
         from fertk.bench.report import results_stem
 
-        def checkpoint(so_far: Any) -> None:  # the rows so far survive a crash of a later model
-            nonlocal partial
-            partial = so_far.save(Path(out_dir) / f"{results_stem(so_far)}.partial.json")
+        return Path(out_dir) / f"{results_stem(so_far)}.partial.json"
 
+    # With --out, the rows so far are saved after every model and survive a crash of a later one.
+    checkpoint = (lambda so_far: so_far.save(partial_path(so_far))) if out_dir is not None else None
     results = run_bench(config, progress=lambda message: err.print(f"[dim]{escape(message)}[/]", highlight=False),
                         checkpoint=checkpoint)
     written = None
@@ -90,8 +89,7 @@ def bench(
         from fertk.bench import write_outputs
 
         written = write_outputs(results, out_dir)
-        if partial is not None and Path(partial) != written[0]:
-            Path(partial).unlink(missing_ok=True)
+        partial_path(results).unlink(missing_ok=True)  # the complete results replace it
     comparisons = None
     if previous is not None:
         from fertk.bench import compare_results
