@@ -16,6 +16,7 @@ from fertk.errors import InvalidInputError
 # `import fertk` stays light.
 _BUILTIN_MODULES = (
     "fertk.models.fer_cnn",
+    "fertk.models.judges",
     "fertk.models.procedural",
     "fertk.models.stargan",
     "fertk.models.stylegan2",
