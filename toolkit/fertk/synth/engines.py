@@ -1,4 +1,4 @@
-"""Engines for synth: the fused generation graph and the optional FER quality-filter scorer."""
+"""Engines for synth: the fused generation graph and the judge that scores faces (filter, report)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import CheckpointError
+from fertk.errors import CheckpointError, InvalidInputError
 
 
 def resolve_device(device: str, local_rank: int, world_size: int) -> str:
@@ -35,48 +35,90 @@ def _open(module: torch.nn.Module, **kwargs: Any) -> Engine:
 
 
 class FaceScorer:
-    """Scores faces with a FER CNN: probability of each face's intended emotion."""
+    """Scores faces with a judge (any FER classifier, `fertk.models.judges`): the judge's softmax
+    probability of each face's intended emotion; also its full probabilities and features.
 
-    def __init__(self, weights: str | Path, *, backend: str, device: str, precision: str) -> None:
-        from fertk.models.fer_cnn import load_fer_model
+    `judge` is what `load_judge` takes: `fer-mini-xception`, a Keras .h5, an .onnx with its card, a
+    fertk FER run directory or .safetensors. Module judges run on the chosen engine backend; ONNX
+    judges on ONNX Runtime (or TensorRT with backend trt). Faces of another size than the judge's
+    input are resized (area when shrinking, linear when enlarging).
+    """
 
-        path = Path(weights)
-        if not path.exists():
-            raise CheckpointError(f"filter model not found: {path}", hint="check --filter")
-        model, card = load_fer_model(path)
-        self.card = card
-        self.classes: tuple[str, ...] = tuple(model.config.classes)
-        size = model.config.input_size
+    def __init__(self, judge: str | Path, *, backend: str, device: str, precision: str,
+                 card: str | Path | None = None) -> None:
+        from fertk.models.judges import load_judge
+
+        self.judge = load_judge(judge, card=card)
+        self.card = self.judge.model_card()
+        self.classes: tuple[str, ...] = tuple(self.judge.classes)
+        size = self.judge.input_size
         self.input_size = size
-        self.engine = _open(
-            model, backend=backend, device=device, precision=precision,
-            input_specs=(TensorSpec("image", "float32", ("batch", 1, size, size)),),
-            output_specs=(TensorSpec("logits", "float32", ("batch", len(self.classes))),),
-        )
+        specs = {"input_specs": (TensorSpec("image", "float32", ("batch", 1, size, size)),),
+                 "output_specs": (TensorSpec("logits", "float32", ("batch", len(self.classes))),)}
+        if self.judge.module is not None:
+            self.engine = _open(self.judge.module, backend=backend, device=device, precision=precision, **specs)
+        else:
+            onnx_backend = "trt" if backend == "trt" else "ort"
+            self.engine = _open(self.judge.onnx_path, backend=onnx_backend, device=device, precision=precision)
 
     def columns(self, emotions: tuple[str, ...]) -> list[tuple[int, int]]:
-        """(emotion column, model class index) for every emotion the model knows."""
+        """(emotion column, judge class index) for every emotion the judge knows."""
         return [(col, self.classes.index(e)) for col, e in enumerate(emotions) if e in self.classes]
 
+    def _images(self, faces: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W] → float32 [N, 1, S, S] in [0, 1] at the judge's size."""
+        faces = np.asarray(faces)
+        if faces.ndim != 3:
+            raise InvalidInputError(f"faces must be [N, H, W] gray, got shape {list(faces.shape)}")
+        size = self.input_size
+        if faces.shape[1:] != (size, size) and len(faces):
+            import cv2
+
+            interp = cv2.INTER_AREA if faces.shape[1] >= size else cv2.INTER_LINEAR
+            faces = np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=interp)
+                              for f in faces])
+        return faces.reshape(len(faces), 1, size, size).astype(np.float32) * np.float32(1 / 255)
+
+    def probabilities(self, faces: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """[N, K] float64 softmax over the judge's classes for uint8 gray faces [N, H, W]."""
+        images = self._images(faces)
+        chunks = []
+        for first in range(0, len(images), batch_size):
+            logits = self.engine.run({"image": images[first:first + batch_size]})["logits"]
+            logits = np.asarray(logits, dtype=np.float64)
+            if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+                raise CheckpointError(f"{self.judge.path}: the judge returned shape {list(logits.shape)}, "
+                                      f"its card names {len(self.classes)} classes")
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            chunks.append(probs / probs.sum(axis=1, keepdims=True))
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+
+    def features(self, faces: np.ndarray, *, batch_size: int = 256) -> np.ndarray | None:
+        """[N, D] penultimate features (module judges, PyTorch on CPU), or None for ONNX judges."""
+        module = self.judge.module
+        if module is None:
+            return None
+        images = self._images(faces)
+        parts = []
+        with torch.inference_mode():
+            for first in range(0, len(images), batch_size):
+                parts.append(module.features(torch.from_numpy(images[first:first + batch_size])).float().numpy())
+        return np.concatenate(parts) if parts else None
+
     def score(self, faces: np.ndarray, emotions: tuple[str, ...]) -> np.ndarray:
-        """[B, E] float32 softmax probability of the intended emotion (NaN where the model lacks it)."""
+        """[B, E] float32 probability of the intended emotion for faces [B, E, H, W] (NaN where the
+        judge lacks that emotion)."""
         batch, count, height, width = faces.shape
-        if (height, width) != (self.input_size, self.input_size):
-            raise CheckpointError(f"the filter model takes {self.input_size}px faces, synth makes {height}px")
-        images = (faces.reshape(batch * count, 1, height, width).astype(np.float32) * np.float32(1 / 255))
-        logits = np.asarray(self.engine.run({"image": images})["logits"], dtype=np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        probs = probs.reshape(batch, count, -1)
+        probs = self.probabilities(faces.reshape(batch * count, height, width)).reshape(batch, count, -1)
         out = np.full((batch, count), np.nan, dtype=np.float32)
         for col, cls in self.columns(emotions):
             out[:, col] = probs[:, col, cls]
         return out
 
     def describe(self) -> dict[str, Any]:
-        """Card and engine of the scorer."""
-        return {"model": self.card.to_dict(), "engine": self.engine.describe()}
+        """Judge, card and engine of the scorer."""
+        return {"judge": self.judge.describe(), "model": self.card.to_dict(), "engine": self.engine.describe()}
 
     def close(self) -> None:
         """Release the engine."""
