@@ -301,6 +301,35 @@ def _open_exported(path: Path, *, backend: str, device: str, variant: str | None
     return Classifier(engine, tuple(declared), size, str(path), getattr(engine, "backend", backend), card)
 
 
+def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
+               card: str | Path | None = None) -> Classifier:
+    """A judge (`fertk.models.judges`: alias, Keras .h5, .onnx + card, fertk run) as a Classifier:
+    it takes faces in [0, 1] and returns logits like the FER CNN, its card's classes by name."""
+    from fertk.models.judges import judge_io, load_judge
+
+    judge = load_judge(spec, card=card)
+    describe = {**judge.model_card().to_dict(), "judge": judge.describe()}
+    if judge.module is not None:
+        runner: Any = judge.module
+        used = "torch"
+        if backend != "torch" or device != "cpu":
+            from fertk.engines import open_engine
+            from fertk.engines.base import TensorSpec
+
+            inputs, outputs = judge_io(judge.card)
+            runner = open_engine(judge.module, backend=backend, device=device,
+                                 input_specs=[TensorSpec.from_dict(d) for d in inputs],
+                                 output_specs=[TensorSpec.from_dict(d) for d in outputs])
+            used = getattr(runner, "backend", backend)
+    else:
+        from fertk.engines import open_engine
+
+        runner = open_engine(judge.onnx_path, backend="trt" if backend == "trt" else "ort",
+                             device=None if device == "cpu" else device)
+        used = getattr(runner, "backend", "ort")
+    return Classifier(runner, judge.classes, judge.input_size, str(judge.path), used, describe)
+
+
 @dataclass
 class DatasetOptions:
     """How datasets are read for training or evaluation (layout, classes, face detection)."""
@@ -385,11 +414,15 @@ def evaluate_paths(model_path: str | Path, datasets: Sequence[str | Path], *,
                    options: DatasetOptions | None = None, out_dir: str | Path | None = None,
                    backend: str = "torch", device: str = "cpu", variant: str | None = None,
                    classes: Sequence[str] | None = None, progress: bool = False,
-                   batch_size: int = DEFAULT_BATCH) -> EvalRun:
-    """`fertk eval`: open the model, read each dataset with the model's classes, score, write reports."""
+                   batch_size: int = DEFAULT_BATCH, judge: str | Path | None = None) -> EvalRun:
+    """`fertk eval`: open the model (or `judge`, then model_path is unused), read each dataset with
+    the model's classes, score, write reports."""
     if not datasets:
         raise InvalidInputError("no test dataset given", hint="fertk eval MODEL DATASET [DATASET ...]")
-    classifier = open_classifier(model_path, backend=backend, device=device, variant=variant, classes=classes)
+    if judge is not None:
+        classifier = open_judge(judge, backend=backend, device=device)
+    else:
+        classifier = open_classifier(model_path, backend=backend, device=device, variant=variant, classes=classes)
     try:
         options = options or DatasetOptions()
         read = DatasetOptions(**{**options.__dict__, "classes": classifier.classes})

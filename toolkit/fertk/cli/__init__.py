@@ -41,6 +41,7 @@ from fertk.cli import info as _info  # noqa: E402,F401
 from fertk.cli import train as _train  # noqa: E402,F401
 from fertk.cli import models as _models  # noqa: E402,F401
 from fertk.cli import synth as _synth  # noqa: E402,F401
+from fertk.cli import synth_report as _synth_report  # noqa: E402,F401
 from fertk.cli import export as _export  # noqa: E402,F401
 from fertk.cli import bench as _bench  # noqa: E402,F401
 from fertk.cli import eval as _eval  # noqa: E402,F401

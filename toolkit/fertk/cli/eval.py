@@ -23,8 +23,11 @@ def default_eval_dir(model: Path) -> Path:
 
 @app.command("eval")
 def eval_command(
-    model: Path = typer.Argument(..., help="A training run directory, a model.safetensors, or an exported artifact."),
-    datasets: list[Path] = typer.Argument(..., help="Test dataset(s): in-database splits and cross-database sets."),
+    model: Path = typer.Argument(..., help="A training run directory, a model.safetensors, or an exported artifact "
+                                           "(with --judge: the first test dataset)."),
+    datasets: list[Path] = typer.Argument(None, help="Test dataset(s): in-database splits and cross-database sets."),
+    judge: str | None = typer.Option(None, "--judge", help="Evaluate a judge instead of a fertk model: "
+                                     "fer-mini-xception, a Keras .h5, an .onnx + .judge.json card."),
     layout: str = typer.Option("auto", "--layout", help="auto, folder, rafd, ckplus, oulu, mmi, affectnet, fer2013."),
     detect: str = typer.Option("auto", "--detect", help="Face finding: auto, haar, box, none (pre-cropped faces)."),
     subject_pattern: str | None = typer.Option(None, "--subject-pattern", help="Folder layout: regex giving "
@@ -43,12 +46,19 @@ def eval_command(
     from fertk.emotions import parse_emotions
     from fertk.evaluate import DatasetOptions, evaluate_paths
 
-    target = out_dir or default_eval_dir(model)
+    datasets = list(datasets or [])
+    if judge is not None:
+        datasets = [model, *datasets]
+        model = Path(judge)
+    elif not datasets:
+        raise typer.BadParameter("give the model and at least one test dataset: fertk eval MODEL DATASET")
+    target = out_dir or (Path(f"reports-{Path(judge).stem or 'judge'}") if judge else default_eval_dir(model))
     run = evaluate_paths(
         model, datasets,
         options=DatasetOptions(layout=layout, detect=detect, subject_pattern=subject_pattern, strict=strict),
         out_dir=target, backend=backend, device=device, variant=variant,
-        classes=parse_emotions(classes) if classes else None, progress=not no_progress, batch_size=batch)
+        classes=parse_emotions(classes) if classes else None, progress=not no_progress, batch_size=batch,
+        judge=judge)
     for report in run.reports:
         if report.info.get("unreadable"):
             err.print(f"{report.name}: skipped {report.info['unreadable']} unreadable image(s) "

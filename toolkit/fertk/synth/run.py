@@ -81,9 +81,10 @@ class SynthOptions:
     framing: str = "face"                  # procedural: "face" (the paper's crop) or "portrait"
     crop: tuple[float, float, float, float] | None = None
     output_size: int = 64
-    filter: str | None = None              # FER CNN weights scoring each face
+    filter: str | None = None              # judge scoring each face (fertk.models.judges.load_judge)
     filter_threshold: float = 0.5
     filter_max_attempts: int = 8
+    judge: str | None = None               # judge for the card's `judge` block + DIR/report (synth.report)
     backend: str = "torch"
     device: str = "cpu"
     precision: str = "fp32"
@@ -174,6 +175,7 @@ class SynthResult:
     card: str | None = None
     preview: str | None = None
     filter: dict[str, Any] | None = None
+    judge: dict[str, Any] | None = None    # the judge report's summary (--judge)
     engine: dict[str, Any] = field(default_factory=dict)
     warmup_seconds: float = 0.0            # engine build (torch.compile) before generation, not in faces_per_s
     writer_cpu_us_per_face: float = 0.0    # CPU time of the writer thread per face (encode + write)
@@ -230,7 +232,11 @@ def _weights_hashes(options: SynthOptions) -> dict[str, str | None]:
     hashes: dict[str, str | None] = {}
     for key in ("generator_weights", "translator_weights", "filter"):
         value = getattr(options, key)
-        if value and Path(value).is_file():
+        if key == "filter" and value:
+            from fertk.models.judges import judge_sha256
+
+            hashes[key] = judge_sha256(value)
+        elif value and Path(value).is_file():
             hashes[key] = sha256_file(value)
         elif value and Path(value).is_dir() and (Path(value) / "model.safetensors").is_file():
             hashes[key] = sha256_file(Path(value) / "model.safetensors")
@@ -367,6 +373,7 @@ class _Generator:
         self.latent_kind = pipeline.latent_kind
         self.attempts = 0
         self.rejected = 0
+        self.retries_per_emotion = np.zeros(len(plan.emotions), dtype=np.int64)  # retries each emotion caused
 
     def _run(self, ids: np.ndarray, attempt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         seeds, latent, intensity = self.plan.inputs(ids, self.latent_dim, self.latent_kind, attempt)
@@ -405,6 +412,8 @@ class _Generator:
                 if not len(todo):
                     break
                 self.rejected += len(todo)
+                self.retries_per_emotion += (np.nan_to_num(score[todo], nan=np.inf)
+                                             < self.options.filter_threshold).sum(axis=0)
                 s2, i2, f2 = self._run(ids[todo], a)
                 sc2 = self.scorer.score(f2, self.emotions)
                 w2 = _worst(sc2)
@@ -476,6 +485,10 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
                                     **engine_opts)
     scorer = None
     try:
+        if options.judge:  # a bad judge fails before any shard work
+            from fertk.models.judges import load_judge
+
+            load_judge(options.judge)
         if options.filter:
             scorer = FaceScorer(options.filter, backend=options.backend, device=device, precision=options.precision)
         # A compiled engine gets fixed-size calls (a shard's last batch is padded): one compiled shape,
@@ -515,6 +528,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             for shard in todo:
                 shard_start = time.perf_counter()
                 attempts0, rejected0 = generator.attempts, generator.rejected
+                retries0 = generator.retries_per_emotion.copy()
                 writer.put(("open", shard.index, shard.identities * count))
                 for first in range(shard.start, shard.stop, options.batch):
                     ids = np.arange(first, min(first + options.batch, shard.stop), dtype=np.int64)
@@ -526,7 +540,9 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
                          "identities": [shard.start, shard.stop]}
                 if scorer is not None:
                     extra["filter"] = {"attempts": generator.attempts - attempts0,
-                                       "rejected": generator.rejected - rejected0}
+                                       "rejected": generator.rejected - rejected0,
+                                       "retries_per_emotion": dict(zip(plan.emotions, (
+                                           generator.retries_per_emotion - retries0).tolist()))}
                 writer.put(("commit", extra))
             writer.put(None)
             while writer.is_alive():
@@ -549,6 +565,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         if scorer is not None:
             filter_stats = {"threshold": options.filter_threshold, "attempts": generator.attempts,
                             "rejected": generator.rejected,
+                            "retries_per_emotion": dict(zip(plan.emotions, generator.retries_per_emotion.tolist())),
                             "rejection_rate": generator.rejected / generator.attempts if generator.attempts else 0.0}
         preview_path = None
         if options.preview and rank == 0:
@@ -573,6 +590,13 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             write_json_atomic(layout.card_path, card)
         if complete:
             result.card = str(layout.card_path)
+        if complete and options.judge and rank == 0:
+            from fertk.synth.report import synth_report
+
+            judged = synth_report(root, options.judge, backend=options.backend, device=device)
+            card = read_json(layout.card_path)
+            card["judge"] = result.judge = judged.summary()
+            write_json_atomic(layout.card_path, card)
         return result
     finally:
         engine.close()
@@ -588,11 +612,14 @@ def _dataset_card(options: SynthOptions, layout: DatasetLayout, plan: SeedPlan, 
 
     shard_seconds = 0.0
     attempts = rejected = 0
+    retries = {e: 0 for e in plan.emotions}
     for s in range(plan.num_shards):
         rec = read_json(layout.record_path(s))
         shard_seconds += float(rec.get("seconds", 0.0))
         attempts += rec.get("filter", {}).get("attempts", 0)
         rejected += rec.get("filter", {}).get("rejected", 0)
+        for e, n in rec.get("filter", {}).get("retries_per_emotion", {}).items():
+            retries[e] = retries.get(e, 0) + int(n)
     pipe_card = pipeline.card()
     return {
         "fertk_dataset": "synth",
@@ -621,6 +648,8 @@ def _dataset_card(options: SynthOptions, layout: DatasetLayout, plan: SeedPlan, 
             "model": options.filter, "sha256": hashes.get("filter"), "threshold": options.filter_threshold,
             "max_attempts": options.filter_max_attempts, "attempts": attempts, "rejected": rejected,
             "rejection_rate": rejected / attempts if attempts else 0.0,
+            "retries_per_emotion": retries,
+            "retries_note": "identity regenerations in which each emotion's judge probability was below the threshold",
             "scorer": scorer.describe() if scorer is not None else None},
         "options": options.to_dict(),
         "versions": _versions(),
