@@ -323,9 +323,13 @@ def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
             used = getattr(runner, "backend", backend)
     else:
         from fertk.engines import open_engine
+        from fertk.engines.base import TensorSpec
 
+        inputs, outputs = judge_io(judge.card)
         runner = open_engine(judge.onnx_path, backend="trt" if backend == "trt" else "ort",
-                             device=None if device == "cpu" else device)
+                             device=None if device == "cpu" else device,
+                             input_specs=[TensorSpec.from_dict(d) for d in inputs],
+                             output_specs=[TensorSpec.from_dict(d) for d in outputs])
         used = getattr(runner, "backend", "ort")
     return Classifier(runner, judge.classes, judge.input_size, str(judge.path), used, describe)
 

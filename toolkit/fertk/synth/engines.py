@@ -59,7 +59,8 @@ class FaceScorer:
             self.engine = _open(self.judge.module, backend=backend, device=device, precision=precision, **specs)
         else:
             onnx_backend = "trt" if backend == "trt" else "ort"
-            self.engine = _open(self.judge.onnx_path, backend=onnx_backend, device=device, precision=precision)
+            self.engine = _open(self.judge.onnx_path, backend=onnx_backend, device=device, precision=precision,
+                                **specs)
 
     def columns(self, emotions: tuple[str, ...]) -> list[tuple[int, int]]:
         """(emotion column, judge class index) for every emotion the judge knows."""
