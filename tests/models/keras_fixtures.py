@@ -263,3 +263,18 @@ def keras_reference(config: dict[str, Any], weights: dict[str, dict[str, np.ndar
         if shapes_out is not None:
             shapes_out[name] = tuple(out.shape[1:])
     return values[previous]
+
+
+def write_judge_h5(folder: Path, name: str = "judge.h5", *, seed: int = 0, input_size: int = 64,
+                   classes: list[str] | None = None, card: dict[str, Any] | None = None) -> Path:
+    """A random-weight mini-Xception .h5 with its `<file>.judge.json` card beside it (FER2013 classes)."""
+    from fertk.models.keras_h5 import mini_xception_config
+
+    classes = classes or ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    folder.mkdir(parents=True, exist_ok=True)
+    config = mini_xception_config(num_classes=7, input_size=input_size)
+    path = write_keras_h5(folder / name, config, random_weights(config, seed=seed))
+    body = card if card is not None else {"classes": classes, "input_size": input_size, "mean": 0.5, "std": 0.5,
+                                          "output": "probabilities"}
+    (folder / (name + ".judge.json")).write_text(json.dumps(body))
+    return path
