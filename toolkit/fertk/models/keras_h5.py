@@ -495,6 +495,16 @@ def build_layer(layer: KerasLayer, weights: dict[str, np.ndarray] | None, in_sha
 
 
 # -- the network ------------------------------------------------------------------------------------
+def check_supported(keras: KerasFile) -> None:
+    """CheckpointError listing the layers found when the file has a layer type the importer lacks."""
+    unknown = sorted({layer.class_name for layer in keras.layers} - set(SUPPORTED))
+    if unknown:
+        raise CheckpointError(
+            f"{keras.path}: the importer does not know layer type(s) {', '.join(unknown)}; "
+            f"layers found: {keras.layer_summary()}",
+            hint="supported: " + ", ".join(SUPPORTED))
+
+
 class KerasNet(nn.Module):
     """A Keras graph in PyTorch: input [N, C, H, W] in the Keras model's own value range.
 
@@ -505,12 +515,7 @@ class KerasNet(nn.Module):
 
     def __init__(self, keras: KerasFile, *, load_weights: bool = True, logits: bool = True) -> None:
         super().__init__()
-        unknown = sorted({layer.class_name for layer in keras.layers} - set(SUPPORTED))
-        if unknown:
-            raise CheckpointError(
-                f"{keras.path}: the importer does not know layer type(s) {', '.join(unknown)}; "
-                f"layers found: {keras.layer_summary()}",
-                hint="supported: " + ", ".join(SUPPORTED))
+        check_supported(keras)
         h, w, c = keras.input_shape
         self.input_shape_hwc = (h, w, c)
         self.blocks = nn.ModuleDict()

@@ -473,6 +473,10 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         "num_shards": plan.num_shards,
         "pipeline": {"latent_kind": pipeline.latent_kind, "latent_dim": pipeline.latent_dim},
     }
+    from fertk.models.judges import load_judge
+
+    for judge in dict.fromkeys(j for j in (options.filter, options.judge) if j):
+        load_judge(judge)  # a bad judge fails before the output directory is touched
     _prepare_out(options, layout, record, rank, world)
     device = resolve_device(options.device, local_rank, world)
     mine = plan.shards_for_rank(rank, world)
@@ -485,10 +489,6 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
                                     **engine_opts)
     scorer = None
     try:
-        if options.judge:  # a bad judge fails before any shard work
-            from fertk.models.judges import load_judge
-
-            load_judge(options.judge)
         if options.filter:
             scorer = FaceScorer(options.filter, backend=options.backend, device=device, precision=options.precision)
         # A compiled engine gets fixed-size calls (a shard's last batch is padded): one compiled shape,
