@@ -139,3 +139,19 @@ def test_bad_files_are_one_line_errors_naming_the_file(tmp_path):
     misfit = write_keras_h5(tmp_path / "misfit.h5", config, weights)
     with pytest.raises(CheckpointError, match=r"misfit.h5: layer 'conv2d_2'.*shape \[3, 3, 16, 64\], expected \[3, 3, 32, 64\]"):
         import_keras_h5(misfit)
+
+
+def test_authors_keras_file_loads_as_fer_cnn_through_the_registry(tmp_path):
+    from fertk.models.registry import load_model
+
+    config = table1_config("valid", input_size=32)
+    weights = random_weights(config, seed=7)
+    path = write_keras_h5(tmp_path / "authors.h5", config, weights)
+    model, card = load_model("fer-cnn", weights=path)
+    assert card.config["variant"] == "authors-code" and card.extra["imported_from"] == "keras-h5"
+    x = _faces(2, 32, seed=8)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(got, _logits_ref(config, weights, x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(CheckpointError, match="authors.h5 is a 'authors-code' FER CNN, expected 'paper'"):
+        load_model("fer-cnn", weights=path, variant="paper")

@@ -139,6 +139,8 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
+    if path.suffix in (".h5", ".hdf5"):  # the Table-1 CNN saved by the authors' Keras code
+        return _load_keras_table1(path, variant=variant, classes=classes)
     card_file = card_path_for(path)
     config: dict[str, Any] = {}
     if card_file.is_file():
@@ -164,6 +166,23 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
     model.eval()
     extra = json.loads(card_file.read_text()).get("extra", {}) if card_file.is_file() else {}
     return model, fer_card(model, weights=path, extra=extra)
+
+
+def _load_keras_table1(path: Path, *, variant: str | None, classes: tuple[str, ...] | None
+                       ) -> tuple[FerCNN, ModelCard]:
+    """A Keras .h5 of the Table-1 CNN as a FerCNN (classes: given, else the six Ekman classes)."""
+    from fertk.models.keras_h5 import keras_to_fer_cnn, read_keras_h5, table1_variant
+
+    keras = read_keras_h5(path)
+    found = table1_variant(keras)
+    if found is None:
+        raise CheckpointError(f"{path} is not the Table-1 CNN; layers found: {keras.layer_summary()}",
+                              hint="other Keras networks load as judges: --judge FILE.h5 with a .judge.json card")
+    if variant is not None and found != variant:
+        raise CheckpointError(f"{path} is a {found!r} FER CNN, expected {variant!r}")
+    model = keras_to_fer_cnn(keras, tuple(classes or EKMAN))
+    return model, fer_card(model, weights=path, extra={"imported_from": "keras-h5",
+                                                       "keras_version": keras.keras_version})
 
 
 @register_model("fer-cnn", description="The paper's Table-1 FER CNN (variants: paper, authors-code)",
