@@ -29,6 +29,7 @@ def test_translator_size_flag_reaches_the_pipeline_and_card(golden_dir: Path, tm
     assert card["pipeline"]["translator_size_source"] == "translator_size option"
     assert card["translator"]["card"]["config"]["image_size"] == 64
     assert card["pipeline"]["fp16_layers"] == "fp32 (num_fp16_res 0)"
+    assert json.loads(result.stdout)["engine"]["fp16_layers"] == "fp32 (num_fp16_res 0)"
     assert card["options"]["translator_size"] == 64
     refused = runner.invoke(app, _args(golden_dir, out, "--translator-size", "128"))
     assert refused.exit_code == 2 and "--translator-size was 64, now 128" in refused.stderr

@@ -460,8 +460,8 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     pipeline = build_pipeline(options.pipeline_config())
     device = resolve_device(options.device, local_rank, world)
     # StyleGAN2 layers marked fp16 run in half precision only where that pays (torch on CUDA).
-    pipeline.set_fp16_layers(device=device, precision=options.precision,
-                             target="torch" if options.backend == "torch" else "export")
+    fp16_layers = pipeline.set_fp16_layers(device=device, precision=options.precision,
+                                           target="torch" if options.backend == "torch" else "export")
     hashes = _weights_hashes(options)
     record = {
         "format_version": FORMAT_VERSION,
@@ -549,7 +549,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         report(True)
         engine_seconds = engine.stats.seconds - engine_start
         engine_faces = (engine.stats.items - engine_items) * len(plan.emotions)  # filter retries included
-        engine_desc = {**engine.describe(), "compile_reason": compile_reason}
+        engine_desc = {**engine.describe(), "compile_reason": compile_reason, "fp16_layers": fp16_layers}
         filter_stats = None
         if scorer is not None:
             filter_stats = {"threshold": options.filter_threshold, "attempts": generator.attempts,
