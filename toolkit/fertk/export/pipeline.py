@@ -89,9 +89,9 @@ class PipelineConfig:
         if self.translator_size is not None:
             if isinstance(self.translator_size, bool) or not isinstance(self.translator_size, int) \
                     or self.translator_size < 4 or self.translator_size % 4:
-                raise InvalidInputError(f"translator size must be a positive multiple of 4, got {self.translator_size!r}",
-                                        hint="StarGAN downsamples twice by 2; the authors trained at 256, "
-                                             "fertk's default is 128")
+                raise InvalidInputError(
+                    f"translator size must be a positive multiple of 4, got {self.translator_size!r}",
+                    hint="StarGAN downsamples twice by 2; the authors trained at 256, fertk's default is 128")
             if self.generator == "procedural":
                 raise InvalidInputError("--translator-size needs --generator stylegan2 (the procedural "
                                         "generator has no translator)")
