@@ -820,10 +820,12 @@ class StyleGAN2Generator(nn.Module):
 
     def set_fp16_layers(self, choice: Fp16Layers) -> StyleGAN2Generator:
         """Apply a `fp16_layers_choice` decision to the marked blocks (num_fp16_res stays); returns self."""
+        num_fp16_res = self.config.synthesis_kwargs.num_fp16_res
+        if num_fp16_res == 0:
+            choice = fp16_layers_choice(0)  # nothing is marked: nothing to turn on
         if choice.enabled:
-            self.synthesis.mark_half_blocks(self.config.synthesis_kwargs.num_fp16_res,
-                                            HALF_PRECISIONS[choice.dtype or "fp16"])
-        self.synthesis.half_enabled = choice.enabled and self.config.synthesis_kwargs.num_fp16_res > 0
+            self.synthesis.mark_half_blocks(num_fp16_res, HALF_PRECISIONS[choice.dtype or "fp16"])
+        self.synthesis.half_enabled = choice.enabled
         self.fp16_layers = choice
         return self
 
