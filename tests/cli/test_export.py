@@ -90,6 +90,12 @@ def test_foreign_onnx_file_warns(runner: CliRunner, tmp_path: Path) -> None:
     (["export", "fer-cnn", "--precision", "int8"], "needs --calib"),
     (["export", "fer-cnn", "--calib", "/nonexistent/data"], "does not exist"),
     (["export", "fer-cnn", "--opset", "9"], "opset 9"),
+    (["export", "fer-cnn", "--truncation", "0.5"], "--truncation applies to stylegan2 exports, not fer-cnn"),
+    (["export", "pipeline", "--noise", "none"], "--noise applies to stylegan2 exports"),
+    (["export", "stylegan2", "--noise", "random"], "noise mode 'random' is not exportable"),
+    (["export", "stylegan2", "--noise", "loud"], "unknown noise mode 'loud'"),
+    (["export", "stylegan2", "--truncation-cutoff", "0"], "truncation_cutoff must be an integer >= 1"),
+    (["export", "fer-cnn", "--translator-size", "64"], "--translator-size applies to stargan and pipeline"),
 ])
 def test_bad_input_is_one_line(runner: CliRunner, args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
@@ -104,3 +110,34 @@ def test_trt_without_tensorrt_fails_before_exporting(runner: CliRunner, tmp_path
     result = runner.invoke(app, ["export", "fer-cnn", "--config", SMALL_FER, "--trt", "--out", str(tmp_path / "t")])
     assert result.exit_code == 2 and "tensorrt is not installed" in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_stylegan2_sampling_flags_reach_the_graph_and_card(runner: CliRunner, tmp_path: Path) -> None:
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    from safetensors.numpy import load_file
+
+    io = load_file(str(golden / "stylegan2_small-io.safetensors"))
+    args = ["export", "stylegan2", "--weights", str(golden / "stylegan2_small-G.pt"), "--truncation", "0.7",
+            "--noise", "const", "--ws-output", "--out", str(tmp_path / "sg")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "sampling: truncation ψ 0.7, noise const, ws output" in result.stdout
+    assert "fp16 layers: fp32 (num_fp16_res 0)" in result.stdout
+    card = json.loads((tmp_path / "sg" / "card.json").read_text())
+    assert card["graph_options"]["sampling"]["truncation"] == 0.7 and card["graph_options"]["sampling"]["ws_output"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "sg" / "model.onnx"), providers=["CPUExecutionProvider"])
+    img, ws = session.run(["img", "ws"], {"z": io["z"]})
+    assert np.abs(img - io["img_psi07"]).max() < 1e-4 and np.abs(ws - io["ws"]).max() < 1e-5
+
+
+def test_stargan_translator_size_sets_the_graph_size(runner: CliRunner, tmp_path: Path) -> None:
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    result = runner.invoke(app, ["export", "stargan", "--weights", str(golden / "stargan_small-G.ckpt"),
+                                 "--translator-size", "64", "--out", str(tmp_path / "st"), "--json"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout)["card"]
+    assert card["inputs"][0]["shape"] == ["batch", 3, 64, 64] and card["outputs"][0]["shape"] == ["batch", 3, 64, 64]
+    assert card["graph_options"]["translator_size"] == 64
+    assert card["model_card"]["extra"]["image_size_source"] == "given (config image_size)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -37,3 +38,13 @@ def test_unknown_model_is_one_line_error_with_exit_code() -> None:
     assert result.exit_code == 2
     assert "unknown model 'nope'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_models_show_stargan_says_the_checkpoint_stores_no_size() -> None:
+    weights = Path(__file__).resolve().parents[1] / "golden" / "stargan_small-G.ckpt"
+    result = runner.invoke(app, ["models", "show", "stargan", "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "image size: 128 px — not stored in stargan_small-G.ckpt" in result.stdout
+    assert "--translator-size" in result.stdout
+    data = json.loads(runner.invoke(app, ["models", "show", "stargan", "--weights", str(weights), "--json"]).stdout)
+    assert data["extra"]["image_size"] == 128 and data["extra"]["image_size_source"].startswith("not stored")

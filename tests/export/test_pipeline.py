@@ -205,3 +205,63 @@ def test_gan_pipeline_onnx_export_dynamic_batch(gan_weights, tmp_path):
             torch_faces = pipeline(torch.from_numpy(z), torch.from_numpy(alpha)).numpy()
         assert onnx_faces.shape == (batch, 6, 32, 32)
         assert np.abs(onnx_faces.astype(int) - torch_faces.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_translator_size_runs_the_golden_stargan_at_that_size(golden_dir, size):
+    """translator_size (synth/export `--translator-size`): StarGAN gets size×size faces, its output is
+    the golden model's at that size, and the card records the size and where it came from."""
+    from fertk.models.stargan import load_stargan_generator
+
+    t_path = golden_dir / "stargan_small-G.ckpt"
+    config = PipelineConfig(generator="stylegan2", generator_weights=str(golden_dir / "stylegan2_small-G.pt"),
+                            translator_weights=str(t_path), translator_size=size, output_size=32)
+    pipeline = build_pipeline(config)
+    card = pipeline.card()
+    assert pipeline.translator_size == size and pipeline.post.image_size == size
+    assert card["translator_size"] == size and card["translator_size_source"] == "translator_size option"
+    assert card["translator"]["config"]["image_size"] == size
+    assert card["translator"]["extra"]["image_size_source"] == "given (translator_size option)"
+    assert card["fp16_layers"] == "fp32 (num_fp16_res 0)"
+    seen = {}
+    pipeline.translator.register_forward_hook(lambda m, i, o: seen.update(x=i[0], c=i[1], y=o))
+    rng = np.random.default_rng(11)
+    z = torch.from_numpy(rng.standard_normal((2, pipeline.latent_dim)).astype(np.float32))
+    with torch.no_grad():
+        faces = pipeline(z, torch.ones(2, len(EKMAN)))
+    assert faces.shape == (2, 6, 32, 32)
+    assert seen["x"].shape == (12, 3, size, size)
+    golden, _ = load_stargan_generator(t_path)  # a fresh copy of the golden weights
+    with torch.no_grad():
+        expected = golden(seen["x"], seen["c"])
+    torch.testing.assert_close(seen["y"], expected, atol=1e-5, rtol=0)
+
+
+def test_translator_size_default_and_bad_values(golden_dir):
+    config = PipelineConfig(generator="stylegan2", generator_weights=str(golden_dir / "stylegan2_small-G.pt"),
+                            translator_weights=str(golden_dir / "stargan_small-G.ckpt"))
+    card = build_pipeline(config).card()
+    assert card["translator_size"] == 128
+    assert card["translator_size_source"].startswith("not stored in stargan_small-G.ckpt")
+    for bad in (0, 30, 2.5):
+        with pytest.raises(InvalidInputError, match="multiple of 4"):
+            PipelineConfig(generator="stylegan2", translator_size=bad)
+    with pytest.raises(InvalidInputError, match="stylegan2"):
+        PipelineConfig(translator_size=64)
+
+
+def test_as_trained_generator_in_the_pipeline_follows_the_fp16_rule(tmp_path):
+    from fertk.models.stargan import StarGANGenerator, save_stargan
+    from fertk.models.stylegan2 import build_stylegan2, save_stylegan2
+
+    generator, _ = build_stylegan2(seed=3, synthesis_kwargs={"num_fp16_res": 2, "conv_clamp": 256})
+    save_stylegan2(generator, tmp_path / "g.safetensors")
+    save_stargan(StarGANGenerator(conv_dim=8, c_dim=7, repeat_num=1, image_size=16), tmp_path / "t.safetensors")
+    pipeline = build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(tmp_path / "g.safetensors"),
+                                             translator_weights=str(tmp_path / "t.safetensors")))
+    assert pipeline.card()["fp16_layers"] == "fp32 (cpu)" and not pipeline.generator.synthesis.half_enabled
+    assert pipeline.set_fp16_layers(device="cuda", precision="fp16") == "fp16 (cuda, precision fp16)"
+    assert pipeline.generator.synthesis.half_enabled
+    assert pipeline.card()["generator"]["extra"]["fp16_layers"] == "fp16 (cuda, precision fp16)"
+    assert pipeline.set_fp16_layers(device="cpu", precision="fp16") == "fp32 (cpu)"
+    assert not pipeline.generator.synthesis.half_enabled

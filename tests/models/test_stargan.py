@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from fertk.emotions import EKMAN, STARGAN_AUTHORS_ORDER
@@ -200,3 +201,55 @@ def test_onnx_export_of_eval_mode_generator_matches_official_output(golden_dir: 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": ref["x"].numpy(), "c": ref["c"].numpy()})  # batch 4, exported at 2
     np.testing.assert_allclose(y, ref["y"].numpy(), atol=1e-4, rtol=0)
+
+
+def _reference_generator(state: dict[str, torch.Tensor], x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The official G written out in torch.nn.functional from the golden README's layout facts
+    (train-mode InstanceNorm: per-sample statistics, eps 1e-5), independent of fertk's module."""
+    def norm(h: torch.Tensor, i: str) -> torch.Tensor:
+        return F.instance_norm(h, weight=state[f"main.{i}.weight"], bias=state[f"main.{i}.bias"], eps=1e-5)
+
+    repeat = sum(1 for k in state if k.endswith(".main.0.weight"))
+    h = torch.cat([x, c[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+    h = F.relu(norm(F.conv2d(h, state["main.0.weight"], padding=3), "1"))
+    for conv, nrm in (("3", "4"), ("6", "7")):
+        h = F.relu(norm(F.conv2d(h, state[f"main.{conv}.weight"], stride=2, padding=1), nrm))
+    for block in range(9, 9 + repeat):
+        r = F.relu(norm(F.conv2d(h, state[f"main.{block}.main.0.weight"], padding=1), f"{block}.main.1"))
+        h = h + norm(F.conv2d(r, state[f"main.{block}.main.3.weight"], padding=1), f"{block}.main.4")
+    for up in (9 + repeat, 12 + repeat):
+        h = F.relu(norm(F.conv_transpose2d(h, state[f"main.{up}.weight"], stride=2, padding=1), str(up + 1)))
+    return torch.tanh(F.conv2d(h, state[f"main.{15 + repeat}.weight"], padding=3))
+
+
+@pytest.mark.parametrize("weights,io", VARIANTS)
+@pytest.mark.parametrize("size", [64, 128])
+def test_generator_at_a_given_size_matches_the_golden_model_at_that_size(golden_dir: Path, weights: str, io: str,
+                                                                         size: int) -> None:
+    """`--translator-size` → config image_size: the card says so, and at 64 px (the golden size)
+    and 128 px G matches the golden weights run by an independent functional implementation."""
+    state = torch.load(golden_dir / weights, weights_only=True)
+    ref = load_file(str(golden_dir / io))
+    G, card = load_stargan_generator(golden_dir / weights, {"image_size": size}, size_source="--translator-size")
+    assert card.config["image_size"] == size and card.extra["image_size"] == size
+    assert card.extra["image_size_source"] == "given (--translator-size)"
+    assert card.inputs[0]["shape"] == ["batch", 3, size, size] and card.outputs[0]["shape"][2:] == [size, size]
+    x = ref["x"] if size == 64 else F.interpolate(ref["x"], size=(size, size), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        y = G(x, ref["c"])
+        expected = _reference_generator(state, x, ref["c"])
+    assert y.shape == (4, 3, size, size)
+    if size == 64:
+        torch.testing.assert_close(expected, ref["y"], atol=ATOL, rtol=0)  # the reference is the official output
+    torch.testing.assert_close(y, expected, atol=ATOL, rtol=0)
+
+
+def test_card_says_a_checkpoint_stores_no_image_size(golden_dir: Path, tmp_path: Path) -> None:
+    _, card = load_stargan_generator(golden_dir / "stargan_small-G.ckpt")
+    assert card.config["image_size"] == 128
+    assert card.extra["image_size_source"].startswith("not stored in stargan_small-G.ckpt")
+    assert "--translator-size" in card.extra["image_size_source"]
+    G, _ = load_stargan_generator(golden_dir / "stargan_small-G.ckpt", {"image_size": 256})
+    saved = save_stargan(G, tmp_path / "g256.safetensors")  # a fertk file stores its size
+    G2, card2 = load_stargan_generator(saved)
+    assert G2.config.image_size == 256 and card2.extra["image_size_source"] == "stored in g256.safetensors"

@@ -100,6 +100,16 @@ def export(
     batch_profile: str = typer.Option("1:64:256", "--batch-profile", help="TensorRT batch profile MIN:OPT:MAX."),
     calib: str = typer.Option(None, "--calib", help="Calibration data for int8: dataset folder, .npy or .npz."),
     exporter: str = typer.Option("torchscript", "--exporter", help="torchscript (default) or dynamo."),
+    truncation: float = typer.Option(None, "--truncation",
+                                     help="stylegan2: truncation ψ written into the graph (default 1)."),
+    truncation_cutoff: int = typer.Option(None, "--truncation-cutoff",
+                                          help="stylegan2: truncate only the first N ws (default all)."),
+    noise: str = typer.Option(None, "--noise", help="stylegan2: noise mode const (the stored buffers, default) "
+                                                    "or none; random is not exportable."),
+    ws_output: bool = typer.Option(False, "--ws-output", help="stylegan2: also output ws (batch × num_ws × w_dim)."),
+    translator_size: int = typer.Option(None, "--translator-size",
+                                        help="stargan / pipeline: StarGAN input side in px (a checkpoint stores "
+                                             "none; default 128, the authors trained at 256)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     list_only: bool = typer.Option(False, "--list", help="List cached artifacts (or those under --out)."),
     json_output: bool = JSON_OPTION,
@@ -113,6 +123,13 @@ def export(
     from fertk.export import ExportOptions, export_model
 
     options = ExportOptions(opset=opset, exporter=exporter, precision=precision, force=force)
+    model_config = _parse_config(config)
+    sampling = _sampling(model, truncation, truncation_cutoff, noise, ws_output)
+    if translator_size is not None:
+        key = {"stargan": "image_size", "pipeline": "translator_size"}.get(model)
+        if key is None:
+            raise InvalidInputError(f"--translator-size applies to stargan and pipeline exports, not {model}")
+        model_config[key] = translator_size
     build = None
     if trt:
         # Fail before the export when TensorRT cannot run here.
@@ -130,8 +147,9 @@ def export(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        artifact = export_model(model, weights=weights, config=_parse_config(config), out=out_dir, options=options,
-                                calibration=calibration, progress=None if json_output else progress)
+        artifact = export_model(model, weights=weights, config=model_config, out=out_dir, options=options,
+                                calibration=calibration, progress=None if json_output else progress,
+                                sampling=sampling)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             err.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
@@ -148,6 +166,24 @@ def export(
     _render(artifact, engine_path)
 
 
+def _sampling(model: str, truncation: float | None, cutoff: int | None, noise: str | None,
+              ws_output: bool) -> dict[str, Any] | None:
+    """The StyleGAN2 sampling flags as export_model's `sampling`, or None when none is given."""
+    given = {"truncation": truncation, "truncation_cutoff": cutoff, "noise_mode": noise,
+             "ws_output": ws_output or None}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    if model != "stylegan2":
+        flags = {"truncation": "--truncation", "truncation_cutoff": "--truncation-cutoff", "noise_mode": "--noise",
+                 "ws_output": "--ws-output"}
+        hint = ('the pipeline takes its truncation in --config, e.g. --config \'{"truncation": 0.5, ...}\''
+                if model == "pipeline" else "these flags shape a stylegan2 export")
+        raise InvalidInputError(f"{', '.join(flags[k] for k in given)} appl{'ies' if len(given) == 1 else 'y'} "
+                                f"to stylegan2 exports, not {model}", hint=hint)
+    return given
+
+
 def _render(artifact: Any, engine_path: Path | None) -> None:
     from rich.markup import escape
 
@@ -158,6 +194,18 @@ def _render(artifact: Any, engine_path: Path | None) -> None:
     ins = ", ".join(f"{d['name']} {d['dtype']}{d['shape']}" for d in card.inputs)
     outs = ", ".join(f"{d['name']} {d['dtype']}{d['shape']}" for d in card.outputs)
     out.print(f"  inputs: {escape(ins)}\n  outputs: {escape(outs)}")
+    options = getattr(card, "graph_options", None) or {}
+    if options.get("sampling"):
+        sampling = options["sampling"]
+        cutoff = sampling["truncation_cutoff"]
+        out.print(f"  sampling: truncation ψ {sampling['truncation']:g}"
+                  f"{'' if cutoff is None else f' (first {cutoff} ws)'}, noise {sampling['noise_mode']}"
+                  f"{', ws output' if sampling['ws_output'] else ''}")
+    if options.get("fp16_layers"):
+        out.print(f"  fp16 layers: {escape(options['fp16_layers'])}")
+    if options.get("translator_size"):
+        out.print(f"  translator size: {options['translator_size']} px "
+                  f"({escape(str(options.get('translator_size_source') or 'given'))})")
     if card.parity is None:
         out.print("  parity: [dim]none (no PyTorch reference for a foreign ONNX file)[/]")
     else:

@@ -50,3 +50,9 @@ def show_cmd(
         print_json(data)
         return
     out.print_json(data=data)
+    extra = data["extra"]
+    if extra.get("image_size_source"):
+        # A StarGAN checkpoint holds no image size: say which one will be used, and why.
+        out.print(f"image size: {extra['image_size']} px — {extra['image_size_source']}", highlight=False)
+    if extra.get("fp16_layers") and extra.get("num_fp16_res"):
+        out.print(f"fp16 layers (num_fp16_res {extra['num_fp16_res']}): {extra['fp16_layers']}", highlight=False)

@@ -3,11 +3,16 @@
     from fertk.export import export_model, export_module, ExportOptions
     artifact = export_model("fer-cnn")                      # registry name → cached artifact
     artifact = export_model("stargan", weights="200000-G.ckpt", out="artifacts/stargan")
+    artifact = export_model("stylegan2", weights="G.pkl", sampling={"truncation": 0.5, "noise_mode": "none"})
     artifact = export_module(my_module, name="tiny", input_specs=..., output_specs=...)
 
 Every export runs the new graph through ONNX Runtime CPU on fresh seeded inputs (at a batch size
 other than the one traced) against the PyTorch module, records the per-output errors in the card,
-and raises ParityError — leaving no artifact behind — when they exceed tolerance. Heavy imports
+and raises ParityError — leaving no artifact behind — when they exceed tolerance. StyleGAN2
+layers a snapshot marks half precision (num_fp16_res) are exported in float32 (the graph is fp32;
+see fertk.models.stylegan2.fp16_layers_choice) and the decision is recorded in the card's
+`graph_options`, with the StyleGAN2 sampling options (truncation, cutoff, noise, ws output) and
+the translator size, all part of the cache key. Heavy imports
 (torch, onnx, onnxruntime) happen inside the functions so `import fertk.export` stays light.
 """
 
@@ -84,6 +89,8 @@ class ModelSource:
     weights_sha256: str | None = None
     source: str | None = None
     model_card: dict[str, Any] = field(default_factory=dict)
+    # Choices that shape the graph beyond config and weights (sampling, fp16 layers, sizes).
+    graph_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -141,18 +148,51 @@ def module_source(module: Any, *, name: str | None = None, input_specs: Sequence
 
 
 def resolve_model(model: str, *, weights: str | Path | None = None,
-                  config: Mapping[str, Any] | None = None) -> ModelSource:
-    """A registry name (or "pipeline") → the built module and what is known about it."""
+                  config: Mapping[str, Any] | None = None,
+                  sampling: Mapping[str, Any] | None = None) -> ModelSource:
+    """A registry name (or "pipeline") → the built module and what is known about it.
+
+    `sampling` (stylegan2 only): truncation, truncation_cutoff, noise_mode ('const' | 'none') and
+    ws_output of the exported graph (fertk.models.stylegan2.SamplingOptions; default ψ 1, const
+    noise, img only).
+    """
     from fertk.models.registry import get_entry, list_models
 
     config = dict(config or {})
+    if sampling is not None and model != "stylegan2":
+        raise InvalidInputError(
+            f"truncation / noise / ws options apply to stylegan2 exports, not {model}",
+            hint='the pipeline takes its truncation in --config, e.g. --config \'{"truncation": 0.5, ...}\'')
     if model == "pipeline" and "pipeline" not in list_models():
         return _pipeline_source(weights, config)
     entry = get_entry(model)
+    if model == "stylegan2":
+        from fertk.models.stylegan2 import SamplingOptions
+
+        options = SamplingOptions(**dict(sampling or {}))  # checked before any weights are read
     module, card = entry.builder(weights=Path(weights) if weights is not None else None, **config)
     card_dict = card.to_dict() if hasattr(card, "to_dict") else dict(card)
     card_dict.setdefault("task", entry.task)
-    return module_source(module, name=model, task=entry.task, model_card=card_dict)
+    if model == "stylegan2":
+        return _stylegan2_source(module, card_dict, options)
+    graph_options = {}
+    if model == "stargan":
+        graph_options["translator_size"] = card_dict.get("config", {}).get("image_size")
+        graph_options["translator_size_source"] = card_dict.get("extra", {}).get("image_size_source")
+    source = module_source(module, name=model, task=entry.task, model_card=card_dict)
+    source.graph_options = {k: v for k, v in graph_options.items() if v is not None}
+    return source
+
+
+def _stylegan2_source(generator: Any, card: dict[str, Any], options: Any) -> ModelSource:
+    """The StyleGAN2 generator wrapped at fixed sampling options, its fp16 layers in float32."""
+    from fertk.models.stylegan2 import StyleGAN2Sampler, fp16_layers_choice
+
+    generator.set_fp16_layers(fp16_layers_choice(generator.config.synthesis_kwargs.num_fp16_res, target="export"))
+    sampler = StyleGAN2Sampler(generator, options)
+    source = module_source(sampler, name="stylegan2", task="generator", model_card=sampler.card(card))
+    source.graph_options = {"sampling": options.to_dict(), "fp16_layers": generator.fp16_layers.describe()}
+    return source
 
 
 def _pipeline_source(weights: str | Path | None, config: dict[str, Any]) -> ModelSource:
@@ -164,6 +204,7 @@ def _pipeline_source(weights: str | Path | None, config: dict[str, Any]) -> Mode
             hint='e.g. --config \'{"generator": "stylegan2", "generator_weights": "G.pkl", '
                  '"translator_weights": "200000-G.ckpt"}\'')
     pipeline = build_pipeline(PipelineConfig.from_dict(config))
+    pipeline.set_fp16_layers(target="export")
     card = pipeline.card()
     ranges = {"intensity": (0.0, 1.0)}
     if getattr(pipeline, "latent_kind", None) == "uniform":
@@ -173,21 +214,25 @@ def _pipeline_source(weights: str | Path | None, config: dict[str, Any]) -> Mode
         module=pipeline, name="pipeline", input_specs=tuple(pipeline.input_specs),
         output_specs=tuple(pipeline.output_specs), task="pipeline", config=card["config"], ranges=ranges,
         weights_sha256=",".join(h for h in hashes if h) or None, source="fertk.export.pipeline",
-        model_card=card,
+        model_card=card, graph_options={k: card[k] for k in ("fp16_layers", "translator_size",
+                                                              "translator_size_source") if card.get(k) is not None},
     )
 
 
 def export_model(model: str | Path, *, weights: str | Path | None = None,
                  config: Mapping[str, Any] | None = None, out: str | Path | None = None,
                  options: ExportOptions | None = None, calibration: Any = None,
-                 progress: Progress | None = None) -> Artifact:
-    """Export a registry model, the generation pipeline, or a foreign .onnx file to an artifact."""
+                 progress: Progress | None = None, sampling: Mapping[str, Any] | None = None) -> Artifact:
+    """Export a registry model, the generation pipeline, or a foreign .onnx file to an artifact.
+
+    `sampling` applies to stylegan2 (see resolve_model).
+    """
     text = str(model)
     if text.endswith(".onnx") or Path(text).is_file():
-        if weights is not None or config:
-            raise InvalidInputError("--weights/--config do not apply to an .onnx file")
+        if weights is not None or config or sampling is not None:
+            raise InvalidInputError("--weights/--config/sampling options do not apply to an .onnx file")
         return export_onnx_file(text, out=out, options=options, calibration=calibration, progress=progress)
-    source = resolve_model(text, weights=weights, config=config)
+    source = resolve_model(text, weights=weights, config=config, sampling=sampling)
     _say(progress, f"built {source.name} ({type(source.module).__name__}, weights: {source.source or 'n/a'})")
     return export_source(source, out=out, options=options, calibration=calibration, progress=progress)
 
@@ -208,12 +253,32 @@ def artifact_key(source: ModelSource, options: ExportOptions) -> str:
     """Cache key: the module's weights, config and specs, and the graph-shaping options."""
     from fertk.export.artifacts import fingerprint
 
-    return fingerprint(source.module, {
+    extra = {
         "config": source.config,
         "inputs": [s.to_dict() for s in source.input_specs],
         "outputs": [s.to_dict() for s in source.output_specs],
         **options.graph_key(),
-    })
+    }
+    if source.graph_options:  # absent when empty, so keys of other models stay as they were
+        extra["graph_options"] = source.graph_options
+    return fingerprint(source.module, extra)
+
+
+def _fp32_half_layers(module: Any) -> list[tuple[Any, Any]]:
+    """Put every StyleGAN2 generator in `module` on fp32 half-precision layers (an exported
+    graph is fp32); returns (generator, previous decision) pairs to restore."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        return []
+    from fertk.models.stylegan2 import StyleGAN2Generator, fp16_layers_choice
+
+    changed = []
+    for sub in module.modules():
+        if isinstance(sub, StyleGAN2Generator) and sub.fp16_layers.enabled:
+            changed.append((sub, sub.fp16_layers))
+            sub.set_fp16_layers(fp16_layers_choice(sub.config.synthesis_kwargs.num_fp16_res, target="export"))
+    return changed
 
 
 def export_source(source: ModelSource, *, out: str | Path | None = None, options: ExportOptions | None = None,
@@ -225,6 +290,10 @@ def export_source(source: ModelSource, *, out: str | Path | None = None, options
     module = source.module
     was_training = bool(getattr(module, "training", False))
     module.eval()
+    restore = _fp32_half_layers(module)
+    if restore:
+        source.graph_options = {**source.graph_options,
+                                "fp16_layers": restore[0][0].fp16_layers.describe()}
     try:
         key = artifact_key(source, options)
         final = Path(out) if out is not None else _cached_dir(artifacts_root(), slug(source.name), key)
@@ -251,6 +320,8 @@ def export_source(source: ModelSource, *, out: str | Path | None = None, options
         return load_artifact(final)
     finally:
         module.train(was_training)
+        for generator, previous in restore:
+            generator.set_fp16_layers(previous)
 
 
 def _cached_dir(root: Path, name: str, key: str) -> Path:
@@ -314,7 +385,7 @@ def _build_artifact(staging: Path, source: ModelSource, key: str, options: Expor
         key=key, inputs=spec_dicts(source.input_specs, source.ranges), outputs=spec_dicts(source.output_specs),
         onnx=onnx_info, versions=library_versions(), created=utc_now(), weights_sha256=source.weights_sha256,
         source=source.source, parity=report.to_dict(), options=options.to_dict(),
-        model_card=_jsonable(source.model_card),
+        model_card=_jsonable(source.model_card), graph_options=_jsonable(source.graph_options),
     )
     if options.precision != "fp32":
         card.variants[options.precision] = _build_variant(

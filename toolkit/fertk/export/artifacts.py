@@ -98,6 +98,9 @@ class ArtifactCard:
     variants: dict[str, Any] = field(default_factory=dict)  # "fp16"/"int8" -> file, sha256, checks
     options: dict[str, Any] = field(default_factory=dict)   # export options used
     model_card: dict[str, Any] = field(default_factory=dict)  # the model's own registry card
+    # Choices that shape the graph beyond config and weights, all in the key: StyleGAN2 sampling
+    # (truncation, cutoff, noise mode, ws output), "fp16_layers", translator size and its source.
+    graph_options: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def input_specs(self) -> tuple[TensorSpec, ...]:

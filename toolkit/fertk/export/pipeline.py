@@ -53,7 +53,7 @@ class PipelineConfig:
     translator: str | None = None                  # None (procedural: AUs) | "stargan"
     translator_weights: str | None = None          # StarGAN G weights (required for stargan)
     translator_classes: tuple[str, ...] | None = None  # StarGAN label order; None: from its card
-    translator_size: int | None = None             # StarGAN input side; None: from its card
+    translator_size: int | None = None             # StarGAN input side; None: its card's (128, the paper's)
     emotions: tuple[str, ...] = EKMAN              # expressions generated per identity, in order
     crop: tuple[float, float, float, float] | None = None  # (top, left, height, width); None: default
     output_size: int = 64                          # side of the output faces
@@ -86,6 +86,15 @@ class PipelineConfig:
             raise InvalidInputError(f"output size must be at least 4, got {self.output_size}")
         if not 0.0 <= self.truncation <= 1.0:
             raise InvalidInputError(f"truncation ψ must be in [0, 1], got {self.truncation}")
+        if self.translator_size is not None:
+            if isinstance(self.translator_size, bool) or not isinstance(self.translator_size, int) \
+                    or self.translator_size < 4 or self.translator_size % 4:
+                raise InvalidInputError(
+                    f"translator size must be a positive multiple of 4, got {self.translator_size!r}",
+                    hint="StarGAN downsamples twice by 2; the authors trained at 256, fertk's default is 128")
+            if self.generator == "procedural":
+                raise InvalidInputError("--translator-size needs --generator stylegan2 (the procedural "
+                                        "generator has no translator)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -194,6 +203,9 @@ class GenerationPipeline(nn.Module):
             self.latent_dim = int(_attr(generator, "z_dim"))
             self.image_size = int(_attr(generator, "img_resolution"))
             size = int(config.translator_size or translator.config.image_size)
+            self.translator_size_source = (
+                "translator_size option" if config.translator_size
+                else (cards.get("translator") or {}).get("extra", {}).get("image_size_source", "translator card"))
             classes = tuple(config.translator_classes or translator.classes or ())
             if len(classes) != translator.c_dim:
                 raise CheckpointError(
@@ -253,8 +265,28 @@ class GenerationPipeline(nn.Module):
             -1, self.targets.shape[1])
         return self.translator(faces, labels)
 
+    def set_fp16_layers(self, *, device: str = "cpu", precision: str = "fp32", target: str = "torch",
+                        force: bool = False) -> str | None:
+        """Apply fertk.models.stylegan2.fp16_layers_choice to the StyleGAN2 generator (no-op for
+        the procedural one); returns the decision as recorded in the card, or None."""
+        if self.config.generator != "stylegan2":
+            return None
+        from fertk.models.stylegan2 import fp16_layers_choice
+
+        choice = fp16_layers_choice(self.generator.config.synthesis_kwargs.num_fp16_res, device=device,
+                                    precision=precision, target=target, force=force)
+        self.generator.set_fp16_layers(choice)
+        generator_card = self._cards.get("generator")
+        if isinstance(generator_card, dict):
+            generator_card.setdefault("extra", {})["fp16_layers"] = choice.describe()
+        return choice.describe()
+
     def card(self) -> dict[str, Any]:
         """What this graph is: config, model cards (with weight hashes), specs, latent kind."""
+        gan = {}
+        if self.config.generator == "stylegan2":
+            gan = {"translator_size": self.translator_size, "translator_size_source": self.translator_size_source,
+                   "fp16_layers": self.generator.fp16_layers.describe()}
         return {
             "config": self.config.to_dict(),
             "latent_kind": self.latent_kind,
@@ -264,6 +296,7 @@ class GenerationPipeline(nn.Module):
             "crop_pixels": list(self.post.box),
             "inputs": [s.to_dict() for s in self.input_specs],
             "outputs": [s.to_dict() for s in self.output_specs],
+            **gan,
             **self._cards,
         }
 
@@ -310,7 +343,8 @@ def build_pipeline(config: PipelineConfig | None = None) -> GenerationPipeline:
         g_path = _require_file(config.generator_weights, "StyleGAN2 generator", "--generator-weights")
         t_path = _require_file(config.translator_weights, "StarGAN translator", "--translator-weights")
         generator, g_card = load_stylegan2(g_path)
-        translator, t_card = load_stargan_generator(t_path)
+        size = {"image_size": config.translator_size} if config.translator_size else None
+        translator, t_card = load_stargan_generator(t_path, size, size_source="translator_size option")
         cards["generator"] = _card_dict(g_card)
         cards["translator"] = _card_dict(t_card)
     pipeline = GenerationPipeline(config, generator, translator, cards, prototypes)

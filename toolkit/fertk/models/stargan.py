@@ -20,6 +20,12 @@ c = alpha * onehot(target) + (1 - alpha) * source, where source defaults to the 
 when the label set has neutral and to zeros otherwise: alpha 1 is the trained expression, 0 the
 source (neutral) face, values between give graded expressions (alpha > 1 extrapolates, outside
 the trained range).
+
+Input size. An official `{iter}-G.ckpt` stores no image size (G is fully convolutional, its
+weights fit any size). fertk runs such a checkpoint at 128 px (the default, the paper pipeline's
+size) unless told otherwise (config image_size, `--translator-size`; the authors trained at 256);
+the card records the size and where it came from (`extra.image_size_source`). A fertk
+safetensors file stores its size in its header.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from fertk.models.registry import ModelCard, register_model, sha256_file
 from fertk.models.weights import load_into, read_state_dict
 
 NORM_MODES = ("instance", "running")
+DEFAULT_IMAGE_SIZE = 128  # used when neither the file nor the caller gives one (the paper's pipeline)
 # safetensors metadata key holding the JSON config of a fertk-written StarGAN file.
 META_KEY = "fertk"
 
@@ -64,7 +71,7 @@ class StarGANConfig:
     repeat_num: int = 6                     # residual blocks at the bottleneck
     norm_mode: str = "instance"             # "instance" (per-sample stats) | "running"
     classes: tuple[str, ...] | None = None  # label order; None: implied by c_dim
-    image_size: int = 128                   # trained resolution (G is fully convolutional: any multiple of 4 runs)
+    image_size: int = DEFAULT_IMAGE_SIZE    # input side it runs at (fully convolutional: any multiple of 4 runs)
 
     def __post_init__(self) -> None:
         if self.norm_mode not in NORM_MODES:
@@ -404,10 +411,21 @@ def _merge(inferred: Any, stored: Mapping[str, Any], given: Any, cls: type) -> A
     return cls(**values)
 
 
-def load_stargan_generator(path: str | Path, config: StarGANConfig | Mapping[str, Any] | None = None
-                           ) -> tuple[StarGANGenerator, ModelCard]:
+def image_size_source(path: Path, stored: Mapping[str, Any], config: Any, given_as: str | None = None) -> str:
+    """Where a loaded G's image size comes from, in words (for its card and `fertk models show`)."""
+    if isinstance(config, StarGANConfig) or (isinstance(config, Mapping) and config.get("image_size") is not None):
+        return f"given ({given_as or 'config image_size'})"
+    if stored.get("image_size") is not None:
+        return f"stored in {path.name}"
+    return (f"not stored in {path.name} (a StarGAN checkpoint holds no image size): default "
+            f"{DEFAULT_IMAGE_SIZE} px, the paper pipeline's; set --translator-size (the authors trained at 256)")
+
+
+def load_stargan_generator(path: str | Path, config: StarGANConfig | Mapping[str, Any] | None = None, *,
+                           size_source: str | None = None) -> tuple[StarGANGenerator, ModelCard]:
     """Load G from an official `{iter}-G.ckpt` or a safetensors file; architecture inferred from
-    shapes unless `config` says otherwise (a mismatch is one CheckpointError)."""
+    shapes unless `config` says otherwise (a mismatch is one CheckpointError). `size_source` names
+    the option a given image_size came from, for the card."""
     path = Path(path)
     state = read_state_dict(path)
     stored = _file_metadata(path)
@@ -415,7 +433,8 @@ def load_stargan_generator(path: str | Path, config: StarGANConfig | Mapping[str
     model = StarGANGenerator.from_config(cfg)
     load_into(model, state, source=path)
     model.eval()
-    return model, generator_card(model, weights=path)
+    return model, generator_card(model, weights=path,
+                                 size_source=image_size_source(path, stored, config, size_source))
 
 
 def load_stargan_discriminator(path: str | Path,
@@ -452,10 +471,12 @@ def save_stargan(model: StarGANGenerator | StarGANDiscriminator, path: str | Pat
     return path
 
 
-def generator_card(model: StarGANGenerator, *, weights: Path | None = None) -> ModelCard:
-    """Card of a generator: config, label order, provenance, I/O."""
+def generator_card(model: StarGANGenerator, *, weights: Path | None = None,
+                   size_source: str | None = None) -> ModelCard:
+    """Card of a generator: config, label order, provenance, I/O, where its image size came from."""
     cfg = model.config
     size = cfg.image_size
+    size_source = size_source or "config image_size"
     return ModelCard(
         name="stargan",
         architecture="StarGANGenerator",
@@ -464,13 +485,15 @@ def generator_card(model: StarGANGenerator, *, weights: Path | None = None) -> M
         source=str(weights) if weights else "random-init",
         inputs=[
             {"name": "x", "dtype": "float32", "shape": ["batch", 3, size, size], "range": [-1.0, 1.0],
-             "note": f"trained at {size} px; fully convolutional, any height and width multiple of 4 runs"},
+             "note": f"runs at {size} px (image size {size_source.split(' (')[0].split(':')[0]}); "
+                     "fully convolutional, any height and width multiple of 4 runs"},
             {"name": "c", "dtype": "float32", "shape": ["batch", cfg.c_dim], "range": [0.0, 1.0],
              "classes": list(cfg.classes) if cfg.classes else None,
              "note": "one-hot target label; blends give graded expressions"},
         ],
         outputs=[{"name": "y", "dtype": "float32", "shape": ["batch", 3, size, size], "range": [-1.0, 1.0]}],
-        extra={"parameters": count_parameters(model), "classes": list(cfg.classes) if cfg.classes else None},
+        extra={"parameters": count_parameters(model), "classes": list(cfg.classes) if cfg.classes else None,
+               "image_size": size, "image_size_source": size_source},
     )
 
 

@@ -18,11 +18,18 @@ Written for export (the math is the upstream one; only the order of operations d
   draws fresh normal noise on every call: 'random' is for sampling in PyTorch, not for export
   (an exported graph would freeze or drop the random op).
 
-Precision. `synthesis_kwargs.num_fp16_res` runs the top N resolutions in half precision with the
-upstream overflow guards: activations clamped to +-conv_clamp, weights and styles pre-normalised
-before a half-precision modulated conv, demodulation coefficients computed in float32, the image
-accumulated in float32. `StyleGAN2Generator.set_half_precision(n, dtype)` changes N and picks
-float16 or bfloat16 after loading; `forward(..., force_fp32=True)` runs everything in float32.
+Precision. `synthesis_kwargs.num_fp16_res` marks the top N resolutions as half-precision layers
+(every official training config stores 4, with conv_clamp 256). Whether those layers really run in
+half precision is one explicit rule, `fp16_layers_choice`: only on CUDA with precision fp16/bf16,
+or when forced; on CPU, in exported graphs (always fp32; an fp16 variant converts the whole
+graph) and at precision fp32 they run in float32, like the official `force_fp32=True`. A loaded
+or built generator starts with them in float32 ("fp32 (cpu)"); `set_fp16_layers(choice)` applies
+a decision and `fp16_layers` records it for the card. When they run in half precision the
+upstream overflow guards apply: weights and styles pre-normalised before a half-precision
+modulated conv, demodulation coefficients computed in float32, the image accumulated in float32.
+conv_clamp clamps every synthesis layer's output (+-conv_clamp * gain) and ToRGB's in either
+precision, as the official code does. `set_half_precision(n, dtype)` changes N and forces those
+layers on in float16 or bfloat16; `forward(..., force_fp32=True)` runs everything in float32.
 
 Loading: `load_stylegan2(path, config=None)` reads state dicts (.pt/.pth/.ckpt/.bin/.safetensors,
 config from the argument or a JSON sidecar, see `config_sidecar_candidates`) and NVlabs `.pkl`
@@ -52,6 +59,7 @@ ARCHITECTURES = ("orig", "skip", "resnet")
 ACTIVATIONS = {"linear": (0.0, 1.0), "relu": (0.0, math.sqrt(2)), "lrelu": (0.2, math.sqrt(2))}
 NOISE_MODES = ("const", "none", "random")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PICKLE_SUFFIXES = (".pkl",)
 
 # Upstream constructor arguments that only matter for training or memory layout; accepted in
@@ -208,6 +216,48 @@ SMALL_CONFIG: dict[str, Any] = {
     "synthesis_kwargs": {"channel_base": 512, "channel_max": 64, "num_fp16_res": 0, "conv_clamp": None,
                          "architecture": "skip"},
 }
+
+
+@dataclass(frozen=True)
+class Fp16Layers:
+    """Whether the layers marked half precision (num_fp16_res) run in half precision, and why."""
+
+    enabled: bool                        # True: the marked blocks compute in `dtype`
+    dtype: str | None                    # "fp16" | "bf16" when enabled
+    reason: str                          # what decided it, for cards ("cpu", "forced", ...)
+
+    def describe(self) -> str:
+        """One short phrase for cards: "fp32 (cpu)", "fp16 (cuda, precision fp16)", ..."""
+        return f"{self.dtype if self.enabled else 'fp32'} ({self.reason})"
+
+
+def fp16_layers_choice(num_fp16_res: int, *, device: str = "cpu", precision: str = "fp32",
+                       target: str = "torch", force: bool = False) -> Fp16Layers:
+    """The one rule for a snapshot's half-precision layers (upstream `num_fp16_res`).
+
+    They run in half precision only where that is a real speed-up: on a CUDA device with
+    precision fp16 or bf16 (that dtype), or when `force` is set (fp16, or bf16 when asked).
+    Everywhere else they run in float32, as the official code's `force_fp32=True`: on CPU
+    (half arithmetic is emulated there: 0.1 faces/s measured at paper scale), at precision
+    fp32, and for `target="export"` (the ONNX graph is fp32; its fp16 variant converts the
+    whole graph, so marking some layers fp16 would only break parity).
+    """
+    if num_fp16_res == 0:
+        return Fp16Layers(False, None, "num_fp16_res 0")
+    if precision not in ("fp32", *HALF_PRECISIONS):
+        raise InvalidInputError(f"unknown precision {precision!r}", hint="choose fp32, fp16 or bf16")
+    half = precision if precision in HALF_PRECISIONS else "fp16"
+    if force:
+        return Fp16Layers(True, half, "forced")
+    if target == "export":
+        return Fp16Layers(False, None, "export: the ONNX graph is fp32")
+    if target != "torch":
+        raise InvalidInputError(f"unknown fp16-layers target {target!r}", hint="choose torch or export")
+    if not str(device).startswith("cuda"):
+        return Fp16Layers(False, None, str(device).split(":")[0] or "cpu")
+    if precision == "fp32":
+        return Fp16Layers(False, None, "cuda, precision fp32")
+    return Fp16Layers(True, half, f"cuda, precision {precision}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,14 +668,17 @@ class SynthesisNetwork(nn.Module):
             self.block_ws.append((self.num_ws, block.num_conv + block.num_torgb))
             self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
             self.add_module(f"b{res}", block)
-        self.set_half_precision(config.num_fp16_res)
+        self.mark_half_blocks(config.num_fp16_res)
+        # Marked blocks run in float32 until a decision turns them on (see fp16_layers_choice).
+        self.half_enabled = False
 
     def blocks(self) -> list[SynthesisBlock]:
         """The blocks, lowest resolution first."""
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
-    def set_half_precision(self, num_fp16_res: int, dtype: torch.dtype = torch.float16) -> None:
-        """Run the `num_fp16_res` highest resolutions (never b4) in `dtype` (float16 or bfloat16)."""
+    def mark_half_blocks(self, num_fp16_res: int, dtype: torch.dtype = torch.float16) -> None:
+        """Mark the `num_fp16_res` highest resolutions (never b4) as `dtype` (float16 or bfloat16)
+        blocks; they compute in it only while `half_enabled`."""
         if dtype not in HALF_DTYPES:
             raise InvalidInputError(f"half-precision dtype must be float16 or bfloat16, got {dtype}")
         _check_int("num_fp16_res", num_fp16_res, minimum=0)
@@ -634,11 +687,17 @@ class SynthesisNetwork(nn.Module):
             block.use_fp16 = block.resolution >= fp16_resolution
             block.half_dtype = dtype
 
+    def set_half_precision(self, num_fp16_res: int, dtype: torch.dtype = torch.float16) -> None:
+        """Run the `num_fp16_res` highest resolutions (never b4) in `dtype` (float16 or bfloat16)."""
+        self.mark_half_blocks(num_fp16_res, dtype)
+        self.half_enabled = num_fp16_res > 0
+
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = False) -> torch.Tensor:
         """Image from per-layer latents ws [N, num_ws, w_dim]."""
         _check_noise_mode(noise_mode)
         _assert_shape(ws, [None, self.num_ws, self.w_dim], "synthesis ws")
         ws = ws.to(torch.float32)
+        force_fp32 = force_fp32 or not self.half_enabled
         x = img = None
         for block, (start, count) in zip(self.blocks(), self.block_ws):
             x, img = block(x, img, ws[:, start:start + count], noise_mode=noise_mode, force_fp32=force_fp32)
@@ -739,6 +798,7 @@ class StyleGAN2Generator(nn.Module):
                                           config.synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, self.num_ws, config.mapping_kwargs)
+        self.fp16_layers = fp16_layers_choice(config.synthesis_kwargs.num_fp16_res)
         if seed is not None:
             self.reset_parameters(seed)
 
@@ -753,6 +813,20 @@ class StyleGAN2Generator(nn.Module):
         """Run the top `num_fp16_res` resolutions in float16/bfloat16 (0 = all float32); returns self."""
         self.synthesis.set_half_precision(num_fp16_res, dtype)
         self.config.synthesis_kwargs.num_fp16_res = num_fp16_res
+        name = "bf16" if dtype == torch.bfloat16 else "fp16"
+        self.fp16_layers = (Fp16Layers(True, name, "forced: set_half_precision") if num_fp16_res
+                            else fp16_layers_choice(0))
+        return self
+
+    def set_fp16_layers(self, choice: Fp16Layers) -> StyleGAN2Generator:
+        """Apply a `fp16_layers_choice` decision to the marked blocks (num_fp16_res stays); returns self."""
+        num_fp16_res = self.config.synthesis_kwargs.num_fp16_res
+        if num_fp16_res == 0:
+            choice = fp16_layers_choice(0)  # nothing is marked: nothing to turn on
+        if choice.enabled:
+            self.synthesis.mark_half_blocks(num_fp16_res, HALF_PRECISIONS[choice.dtype or "fp16"])
+        self.synthesis.half_enabled = choice.enabled
+        self.fp16_layers = choice
         return self
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
@@ -763,6 +837,87 @@ class StyleGAN2Generator(nn.Module):
         _assert_shape(z, [None, self.z_dim], "StyleGAN2 z")
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32)
+
+
+EXPORT_NOISE_MODES = ("const", "none")
+
+
+@dataclass
+class SamplingOptions:
+    """What an exported StyleGAN2 graph asks the generator for (JSON-able; `fertk export` flags).
+
+    noise_mode 'random' cannot be exported: a graph would either freeze one draw into a constant
+    or drop the random op, so it is refused here; sample with it in PyTorch instead.
+    """
+
+    truncation: float = 1.0                  # ψ: ws = w_avg + ψ (w - w_avg); 1 = no truncation
+    truncation_cutoff: int | None = None     # truncate only the first N ws; None = all
+    noise_mode: str = "const"                # "const" (stored noise_const buffers) | "none"
+    ws_output: bool = False                  # also output ws [batch, num_ws, w_dim]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.truncation, bool) or not isinstance(self.truncation, (int, float)) \
+                or not math.isfinite(self.truncation):
+            raise InvalidInputError(f"truncation ψ must be a finite number, got {self.truncation!r}")
+        self.truncation = float(self.truncation)
+        if self.truncation_cutoff is not None:
+            _check_int("truncation_cutoff", self.truncation_cutoff, minimum=1)
+        if self.noise_mode == "random":
+            raise InvalidInputError(
+                "noise mode 'random' is not exportable: an ONNX graph would freeze one draw or drop the noise",
+                hint="export with noise const (the stored noise_const buffers) or none; "
+                     "sample random noise in PyTorch (StyleGAN2Generator(..., noise_mode='random'))")
+        if self.noise_mode not in EXPORT_NOISE_MODES:
+            raise InvalidInputError(f"unknown noise mode {self.noise_mode!r}",
+                                    hint="choose " + " or ".join(EXPORT_NOISE_MODES))
+        self.ws_output = bool(self.ws_output)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return asdict(self)
+
+
+class StyleGAN2Sampler(nn.Module):
+    """z [N, z_dim] (+ c) -> img (+ ws) at fixed truncation and noise: the graph `fertk export
+    stylegan2` writes (truncation written out, noise as constant buffers or absent)."""
+
+    task = "generator"
+
+    def __init__(self, generator: StyleGAN2Generator, options: SamplingOptions | None = None) -> None:
+        super().__init__()
+        options = options or SamplingOptions()
+        if options.truncation != 1 and generator.mapping.w_avg_beta is None:
+            raise InvalidInputError("truncation needs w_avg, which this generator does not track",
+                                    hint="export with truncation 1")
+        self.generator = generator
+        self.options = options
+        self.config = generator.config
+        base = stylegan2_card(generator)
+        # I/O as card dicts (name, dtype, shape): the exporter reads its specs from the card.
+        self.inputs = [dict(d) for d in base.inputs]
+        self.outputs = [dict(d) for d in base.outputs]
+        if options.ws_output:
+            self.outputs.append({"name": "ws", "dtype": "float32",
+                                 "shape": ["batch", generator.num_ws, generator.config.w_dim],
+                                 "description": "per-layer latents after truncation"})
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Any:
+        """img, or (img, ws) with ws_output."""
+        o = self.options
+        ws = self.generator.mapping(z, c, truncation_psi=o.truncation, truncation_cutoff=o.truncation_cutoff)
+        img = self.generator.synthesis(ws, noise_mode=o.noise_mode)
+        return (img, ws) if o.ws_output else img
+
+    def card(self, model_card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The generator's card (as loaded, or a fresh one) with this graph's I/O and options."""
+        card = dict(model_card or stylegan2_card(self.generator).to_dict())
+        card["inputs"] = [dict(d) for d in self.inputs]
+        card["outputs"] = [dict(d) for d in self.outputs]
+        extra = dict(card.get("extra") or {})
+        extra.update({"sampling": self.options.to_dict(), "fp16_layers": self.generator.fp16_layers.describe()})
+        extra.pop("default_noise_mode", None)
+        card["extra"] = extra
+        return card
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -795,7 +950,8 @@ def stylegan2_card(model: StyleGAN2Generator, *, weights: Path | None = None,
                   "nominal_range": [-1.0, 1.0], "description": "linear output, not clamped"}],
         extra={"parameters": count_parameters(model), "num_ws": model.num_ws, "w_dim": cfg.w_dim,
                "layout": "NVlabs stylegan2-ada-pytorch Generator state dict",
-               "default_noise_mode": "const", **dict(extra or {})},
+               "default_noise_mode": "const", "num_fp16_res": cfg.synthesis_kwargs.num_fp16_res,
+               "fp16_layers": model.fp16_layers.describe(), **dict(extra or {})},
     )
 
 

@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 CONTENT_OPTIONS = (
     "n", "seed", "emotions", "intensity", "format", "shard_size", "generator", "generator_weights",
     "translator_weights", "truncation", "style", "framing", "crop", "output_size", "precision", "filter",
-    "filter_threshold", "filter_max_attempts",
+    "filter_threshold", "filter_max_attempts", "translator_size",
 )
 # How each content option is spelled on the command line (for the refusal message).
 OPTION_FLAGS = {
@@ -55,7 +55,7 @@ OPTION_FLAGS = {
     "generator_weights": "--generator-weights", "translator_weights": "--translator-weights",
     "truncation": "--truncation", "style": "--style", "framing": "--framing", "crop": "--crop", "output_size": "--size",
     "precision": "--precision", "filter": "--filter", "filter_threshold": "--filter-threshold",
-    "filter_max_attempts": "--filter-attempts",
+    "filter_max_attempts": "--filter-attempts", "translator_size": "--translator-size",
 }
 COMPILE_MIN_FACES = 30_000  # below this, torch.compile's one-off build (10-60 s on 2 cores) outweighs its gain
 QUEUE_BATCHES = 6  # batches in flight between generator and writer: bounds memory, absorbs jitter
@@ -76,6 +76,7 @@ class SynthOptions:
     generator: str = "procedural"
     generator_weights: str | None = None
     translator_weights: str | None = None
+    translator_size: int | None = None     # StarGAN input side; None: the translator card's (128)
     truncation: float = 0.7
     style: str = "studio"
     framing: str = "face"                  # procedural: "face" (the paper's crop) or "portrait"
@@ -128,7 +129,8 @@ class SynthOptions:
         return PipelineConfig(
             generator=self.generator, generator_weights=self.generator_weights, truncation=self.truncation,
             translator="stargan" if self.generator == "stylegan2" else None,
-            translator_weights=self.translator_weights, emotions=self.emotions, crop=self.crop,
+            translator_weights=self.translator_weights, translator_size=self.translator_size,
+            emotions=self.emotions, crop=self.crop,
             output_size=self.output_size, style=self.style, framing=self.framing,
         )
 
@@ -465,6 +467,10 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     from fertk.synth.engines import FaceScorer, open_generation_engine, resolve_device
 
     pipeline = build_pipeline(options.pipeline_config())
+    device = resolve_device(options.device, local_rank, world)
+    # StyleGAN2 layers marked fp16 run in half precision only where that pays (torch on CUDA).
+    fp16_layers = pipeline.set_fp16_layers(device=device, precision=options.precision,
+                                           target="torch" if options.backend == "torch" else "export")
     hashes = _weights_hashes(options)
     record = {
         "format_version": FORMAT_VERSION,
@@ -478,7 +484,6 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     for judge in dict.fromkeys(j for j in (options.filter, options.judge) if j):
         load_judge(judge)  # a bad judge fails before the output directory is touched
     _prepare_out(options, layout, record, rank, world)
-    device = resolve_device(options.device, local_rank, world)
     mine = plan.shards_for_rank(rank, world)
     fingerprint = options_fingerprint(record)
     # A record made under other options (a --force race under torchrun) never counts as done.
@@ -560,7 +565,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         report(True)
         engine_seconds = engine.stats.seconds - engine_start
         engine_faces = (engine.stats.items - engine_items) * len(plan.emotions)  # filter retries included
-        engine_desc = {**engine.describe(), "compile_reason": compile_reason}
+        engine_desc = {**engine.describe(), "compile_reason": compile_reason, "fp16_layers": fp16_layers}
         filter_stats = None
         if scorer is not None:
             filter_stats = {"threshold": options.filter_threshold, "attempts": generator.attempts,
