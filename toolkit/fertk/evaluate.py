@@ -241,6 +241,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
     naming the file and what was expected.
     """
     from fertk.models.fer_cnn import card_path_for, load_fer_model
+    from fertk.models.weights import STATE_DICT_SUFFIXES
 
     path = Path(path).expanduser()
     want_classes = tuple(canonical_class(c) for c in classes) if classes else None
@@ -248,7 +249,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
         raise CheckpointError(f"model not found: {path}",
                               hint="pass a training run directory, a model.safetensors or an exported artifact")
     weights = path / "model.safetensors" if path.is_dir() else path
-    if weights.suffix == ".safetensors" and weights.is_file():
+    if weights.suffix in STATE_DICT_SUFFIXES and weights.is_file():
         model, card = load_fer_model(weights, variant=variant, classes=want_classes)
         if device != "cpu" and backend == "torch":
             model.to(resolve_device(device))
@@ -270,7 +271,8 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
     if path.is_dir() and (path / "card.json").is_file() or path.suffix == ".onnx":
         return _open_exported(path, backend=backend, device=device, variant=variant, classes=want_classes)
     raise CheckpointError(f"{path} is not a FER model: expected a run directory with model.safetensors, "
-                          "a .safetensors file, an exported artifact directory or an .onnx file")
+                          "a .safetensors (or .pt / .ckpt state dict) file, an exported artifact directory "
+                          "or an .onnx file")
 
 
 def _open_exported(path: Path, *, backend: str, device: str, variant: str | None,

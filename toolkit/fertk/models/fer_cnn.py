@@ -13,7 +13,7 @@ from torch import nn
 from fertk.emotions import EKMAN
 from fertk.errors import CheckpointError, InvalidInputError
 from fertk.models.registry import ModelCard, register_model, sha256_file
-from fertk.models.weights import load_into, read_state_dict
+from fertk.models.weights import load_into, read_json_object, read_safetensors_metadata, read_state_dict
 
 VARIANTS = ("paper", "authors-code")
 INPUT_SIZE = 64
@@ -140,30 +140,37 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
     if path.is_dir():
         path = path / "model.safetensors"
     card_file = card_path_for(path)
+    card_data: dict[str, Any] = {}
     config: dict[str, Any] = {}
     if card_file.is_file():
-        config = json.loads(card_file.read_text()).get("config", {})
+        card_data = read_json_object(card_file, "FER CNN card")
+        config = card_data.get("config", {})
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{card_file}: 'config' is a {type(config).__name__}, not an object")
     elif path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
+        meta = read_safetensors_metadata(path)
         if "fertk" in meta:
-            config = json.loads(meta["fertk"])
+            try:
+                config = json.loads(meta["fertk"])
+            except ValueError:
+                raise CheckpointError(f"{path}: the fertk config in its header is not JSON") from None
     if variant is not None and config.get("variant", variant) != variant:
         raise CheckpointError(f"{path} is a {config['variant']!r} FER CNN, expected {variant!r}")
     if classes is not None and config.get("classes") and tuple(config["classes"]) != tuple(classes):
         raise CheckpointError(f"{path} was trained on classes {config['classes']}, expected {list(classes)}")
-    cfg = FerCNNConfig(
-        variant=config.get("variant", variant or "paper"),
-        classes=tuple(config.get("classes", classes or EKMAN)),
-        input_size=int(config.get("input_size", INPUT_SIZE)),
-    )
+    try:
+        cfg = FerCNNConfig(
+            variant=config.get("variant", variant or "paper"),
+            classes=tuple(config.get("classes", classes or EKMAN)),
+            input_size=int(config.get("input_size", INPUT_SIZE)),
+        )
+    except (InvalidInputError, TypeError, ValueError) as exc:
+        where = card_file if card_data else path
+        raise CheckpointError(f"{where}: not a usable FER CNN config ({exc})") from None
     model = FerCNN(cfg)
     load_into(model, read_state_dict(path), source=path)
     model.eval()
-    extra = json.loads(card_file.read_text()).get("extra", {}) if card_file.is_file() else {}
-    return model, fer_card(model, weights=path, extra=extra)
+    return model, fer_card(model, weights=path, extra=extra if isinstance(extra := card_data.get("extra"), dict) else {})
 
 
 @register_model("fer-cnn", description="The paper's Table-1 FER CNN (variants: paper, authors-code)",

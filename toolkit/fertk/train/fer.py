@@ -45,7 +45,7 @@ from fertk.evaluate import (DatasetOptions, EvalReport, atomic_write_bytes, atom
                             dataset_info, dataset_name, evaluate_sets, faces_to_gray, map_labels, resolve_device,
                             save_figure, write_reports)
 from fertk.models.fer_cnn import INPUT_SIZE, VARIANTS, FerCNN, FerCNNConfig, save_fer_model
-from fertk.models.weights import load_into, read_state_dict
+from fertk.models.weights import load_into, read_json_object, read_state_dict
 
 STATE_FORMAT = "fertk-fer-train-state/1"
 PLATEAU_FRACTION = 0.98  # best val loss >= this × ln K: the model still predicts (nearly) uniformly
@@ -384,6 +384,15 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _read_result(path: Path) -> TrainResult:
+    """A finished run's result.json; a damaged one is a CheckpointError naming it."""
+    try:
+        return TrainResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a readable fertk training result ({type(exc).__name__}: {exc})",
+                              hint="use --no-resume to train the run again, or another --out") from None
+
+
 def _check_resumable(path: Path, saved: Mapping[str, Any], config: FerTrainConfig, classes: tuple[str, ...],
                      fingerprint: str) -> None:
     """The saved run must have the same architecture, classes, options and data as this call."""
@@ -438,7 +447,7 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
         for name in _RUN_FILES:  # result.json first: the run stops looking finished before anything else goes
             paths[name].unlink(missing_ok=True)
     elif paths["result.json"].is_file():
-        finished = TrainResult.from_dict(json.loads(paths["result.json"].read_text()))
+        finished = _read_result(paths["result.json"])
         _check_resumable(paths["result.json"], {"config": finished.config, "classes": finished.classes,
                                                 "fingerprint": finished.data.get("fingerprint")},
                          config, classes, fingerprint)
@@ -748,6 +757,6 @@ def _record_test_metrics(model_path: Path, reports: Sequence[EvalReport]) -> Non
     from fertk.models.fer_cnn import card_path_for
 
     card_file = card_path_for(model_path)
-    card = json.loads(card_file.read_text())
+    card = read_json_object(card_file, "FER CNN card")
     card.setdefault("extra", {}).setdefault("metrics", {})["test"] = [r.summary() for r in reports]
     atomic_write_text(card_file, json.dumps(card, indent=2, default=str) + "\n")
