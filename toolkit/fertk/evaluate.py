@@ -506,6 +506,11 @@ class EvalReport:
         return tuple(m.name for m in self.per_class if m.support)
 
     @property
+    def absent_classes(self) -> tuple[str, ...]:
+        """Model classes with no sample in the test set: accuracy and macro-F1 say nothing about them."""
+        return tuple(name for name, support in zip(self.classes, self.confusion.sum(axis=1)) if not support)
+
+    @property
     def macro_f1(self) -> float:
         """Unweighted mean F1 over classes present in the test set."""
         scores = [m.f1 for m in self.per_class if m.f1 is not None]
@@ -518,9 +523,19 @@ class EvalReport:
         return float(np.mean(scores)) if scores else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        """The headline numbers: name, n, accuracy, macro-F1, mean recall, excluded."""
+        """The headline numbers: name, n, accuracy, macro-F1, mean recall, excluded, absent classes."""
         return {"name": self.name, "n": self.n, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
-                "mean_recall": self.mean_recall, "excluded": dict(self.excluded)}
+                "mean_recall": self.mean_recall, "excluded": dict(self.excluded),
+                "absent_classes": list(self.absent_classes)}
+
+    def absent_warning(self) -> str | None:
+        """One line for a test set lacking some of the model's classes (None when all are present)."""
+        if not self.absent_classes:
+            return None
+        present = self.present_classes
+        return (f"{self.name}: no sample of {len(self.absent_classes)} of the model's {len(self.classes)} classes "
+                f"({', '.join(self.absent_classes)}); accuracy and macro-F1 cover only "
+                f"{', '.join(present) if present else 'no class'}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict with every metric."""
@@ -624,9 +639,9 @@ def write_reports(reports: Sequence[EvalReport], out_dir: str | Path) -> dict[st
     files = {stem: write_report(report, out_dir, stem) for stem, report in zip(stems, reports)}
     rows = [r.summary() for r in reports]
     summary_csv = atomic_write_text(out_dir / "summary.csv", _csv_text(
-        [["name", "n", "accuracy", "macro_f1", "mean_recall", "excluded"]]
+        [["name", "n", "accuracy", "macro_f1", "mean_recall", "excluded", "absent_classes"]]
         + [[r["name"], r["n"], _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _fmt(r["mean_recall"]),
-            ";".join(f"{k}={v}" for k, v in r["excluded"].items())] for r in rows]))
+            ";".join(f"{k}={v}" for k, v in r["excluded"].items()), ";".join(r["absent_classes"])] for r in rows]))
     summary_json = atomic_write_text(out_dir / "summary.json", json.dumps(
         {"reports": rows, "files": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in files.items()}},
         indent=2, default=_nan_safe) + "\n")

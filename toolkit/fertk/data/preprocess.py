@@ -44,6 +44,7 @@ import numpy as np
 
 from fertk.data.records import FaceArrays, FaceRecord
 from fertk.emotions import ALL_EMOTIONS, class_index
+from fertk._files import honour_umask
 from fertk.errors import DatasetError, InvalidInputError
 
 DETECT_MODES = ("auto", "haar", "box", "none")
@@ -464,6 +465,7 @@ def _write_cache(path: Path, entries: dict[str, tuple[int, np.ndarray, str]], co
                      config=np.array(config.fingerprint()))
             handle.flush()
             os.fsync(handle.fileno())
+        honour_umask(tmp)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

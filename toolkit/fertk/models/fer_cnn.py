@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fertk.emotions import EKMAN
+from fertk._files import honour_umask
 from fertk.errors import CheckpointError, InvalidInputError
 from fertk.models.registry import ModelCard, register_model, sha256_file
 from fertk.models.weights import load_into, read_json_object, read_safetensors_metadata, read_state_dict
@@ -125,6 +126,7 @@ def save_fer_model(model: FerCNN, path: str | Path, *, extra: dict[str, Any] | N
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"fertk": json.dumps(model.config.to_dict())})
+    honour_umask(tmp)  # safetensors creates 0600 files
     tmp.replace(path)
     card = fer_card(model, weights=path, extra=extra)
     card_tmp = card_path_for(path).with_name(card_path_for(path).name + ".tmp")

@@ -179,6 +179,12 @@ def _prepare(arrays: FaceArrays, classes: tuple[str, ...], size: int, role: str)
     return torch.from_numpy(faces), torch.from_numpy(labels)
 
 
+def _absent(labels: torch.Tensor, classes: tuple[str, ...]) -> list[str]:
+    """Classes without a sample among `labels`."""
+    counts = torch.bincount(labels, minlength=len(classes)) if len(labels) else torch.zeros(len(classes))
+    return [c for c, n in zip(classes, counts.tolist()) if not n]
+
+
 def _fingerprint(config: FerTrainConfig, classes: tuple[str, ...], *tensors: torch.Tensor) -> str:
     """sha256 over the result-relevant config and the exact training/validation tensors."""
     h = hashlib.sha256()
@@ -419,7 +425,8 @@ def _check_resumable(path: Path, saved: Mapping[str, Any], config: FerTrainConfi
 def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig | None = None,
               run_dir: str | Path = "runs/fer", *, progress: bool = True, resume: bool = True,
               data_info: Mapping[str, Any] | None = None,
-              on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+              on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+              allow_missing_classes: bool = False) -> TrainResult:
     """Train a FER CNN on `train`, stopping early on `val` loss; keep the best epoch's weights.
 
     `val` is required (it drives early stopping and picks the checkpoint): split one off by
@@ -427,6 +434,10 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
     an unfinished run in `run_dir` continues from its last epoch and a finished one is returned
     as is; without it, the run's files are replaced. `data_info` (e.g. dataset paths, the split
     manifest's sha256) goes into the card; `on_epoch_end` sees each history row.
+
+    A training set without a sample of some class of the model is a DatasetError naming those
+    classes (the model could never learn them, and its metrics would hide it), unless
+    `allow_missing_classes`; the classes absent from training and validation go into the card.
     """
     config = config or FerTrainConfig()
     if val is None:
@@ -438,9 +449,20 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
     run_dir = Path(run_dir)
     train_x, train_y = _prepare(train, classes, config.input_size, "training")
     val_x, val_y = _prepare(val, classes, config.input_size, "validation")
+    absent = {"train": _absent(train_y, classes), "val": _absent(val_y, classes)}
+    if absent["train"] and not allow_missing_classes:
+        name = train.meta.get("root") or train.meta.get("path") or "the training set"
+        present = [c for c in classes if c not in absent["train"]]
+        raise DatasetError(
+            f"{name}: the training set has no sample of {', '.join(absent['train'])} "
+            f"({len(present)} of the model's {len(classes)} classes present: {', '.join(present) or 'none'})",
+            hint="train on the classes present (--classes " + ",".join(present or ["..."]) + "; Python: classes=...), "
+                 "or pass --allow-missing-classes (Python: allow_missing_classes=True)")
     fingerprint = _fingerprint(config, classes, train_x, train_y, val_x, val_y)
     device = resolve_device(config.device)
     card_data = {"train": summarize_arrays(train), "val": summarize_arrays(val), **dict(data_info or {})}
+    if absent["train"] or absent["val"]:
+        card_data["absent_classes"] = absent
 
     paths = {name: run_dir / name for name in _RUN_FILES}
     if not resume:
@@ -456,6 +478,10 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
     run_dir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
     bar = _Progress(progress, steps_per_epoch)
+    for role in ("train", "val"):
+        if absent[role]:
+            bar.note(f"warning: the {'training' if role == 'train' else 'validation'} set has no sample of "
+                     f"{', '.join(absent[role])}")
     plateau_loss = PLATEAU_FRACTION * math.log(len(classes))
 
     def fresh_model(attempt: int) -> tuple[FerCNN, Any]:
@@ -656,6 +682,7 @@ def train_fer_from_paths(
     val_fraction: float | None = None,
     progress: bool = True,
     resume: bool = True,
+    allow_missing_classes: bool = False,
 ) -> FerRun:
     """Read datasets, split them by subject (or use `val`), train, and evaluate on the test part
     and on every extra `test` dataset; reports go to `<run_dir>/eval/`.
@@ -663,6 +690,9 @@ def train_fer_from_paths(
     The validation set comes from exactly one of: `val` datasets; `split_manifest` (a saved
     split); `val_fraction` (train/val only, no test part); `split` sizes (subject counts or
     fractions, three parts); or, when none is given, the paper's 109:10:25 proportions.
+
+    Training data without a sample of some class is an error unless `allow_missing_classes`
+    (see `train_fer`); test reports list the classes a test set lacks (`absent_classes`).
     """
     from fertk.data.splits import load_manifest, subject_split
     from fertk.models.fer_cnn import load_fer_model
@@ -690,6 +720,14 @@ def train_fer_from_paths(
         loaded.append(arrays)
     infos = [{"path": str(p), **dataset_info(a), **summarize_arrays(a)} for p, a in zip(datasets, loaded)]
     everything = concat_arrays(loaded, classes, config.input_size)
+    missing = _absent(torch.from_numpy(np.asarray(everything.labels, np.int64)), classes)
+    if missing and not allow_missing_classes:
+        present = [c for c in classes if c not in missing]
+        raise DatasetError(
+            f"{', '.join(map(str, datasets))}: no sample of {', '.join(missing)} "
+            f"({len(present)} of the {len(classes)} classes present: {', '.join(present) or 'none'})",
+            hint="train on the classes present (--classes " + ",".join(present or ["..."]) + "; Python: classes=...), "
+                 "or pass --allow-missing-classes (Python: allow_missing_classes=True)")
 
     split_info: dict[str, Any] | None = None
     test_sets: dict[str, FaceArrays] = {}
@@ -726,7 +764,8 @@ def train_fer_from_paths(
                  "read_options": read.to_dict(),
                  "split_manifest": ({"path": split_info["manifest"], "sha256": split_info["sha256"]}
                                     if split_info else None)}
-    training = train_fer(train_part, val_part, config, run_dir, progress=progress, resume=resume, data_info=data_info)
+    training = train_fer(train_part, val_part, config, run_dir, progress=progress, resume=resume, data_info=data_info,
+                         allow_missing_classes=allow_missing_classes)
 
     reports: list[EvalReport] = []
     files: dict[str, Any] = {"run_dir": str(run_dir), "model": str(training.model_path),
