@@ -93,6 +93,13 @@ def train_fer_command(
         if dataset.get("no_face"):
             err.print(f"left out {dataset['no_face']} image(s) without a detected face in {dataset['path']}",
                       highlight=False)
+    absent = run.training.data.get("absent_classes", {})
+    if absent.get("train"):
+        err.print(f"warning: trained without any sample of {', '.join(absent['train'])} (--allow-missing-classes)",
+                  highlight=False)
+    for report in run.tests:
+        if report.absent_warning():
+            err.print(f"warning: test set {report.absent_warning()}", highlight=False)
     if json_output:
         print_json(run.to_dict())
         return
@@ -108,13 +115,6 @@ def train_fer_command(
     if run.split:
         out.print(f"split: {run.split['manifest']} ("
                   + ", ".join(f"{k} {v}" for k, v in run.split["sizes"].items()) + " subjects)", highlight=False)
-    absent = run.training.data.get("absent_classes", {})
-    if absent.get("train"):
-        err.print(f"warning: trained without any sample of {', '.join(absent['train'])} (--allow-missing-classes)",
-                  highlight=False)
-    for report in run.tests:
-        if report.absent_warning():
-            err.print(f"warning: test set {report.absent_warning()}", highlight=False)
     for report in run.tests:
         out.print(f"test set {report.name!r}: accuracy {report.accuracy:.1%}, macro-F1 {report.macro_f1:.3f} "
                   f"(n={report.n})", highlight=False)
