@@ -113,3 +113,23 @@ def test_bad_input_gives_one_line_errors(tmp_path: Path, faces: Path) -> None:
     result = runner.invoke(app, ["train", "fer", str(faces), *out, *FAST, "--variant", "vgg"])  # the last wins
     assert result.exit_code == 2 and "vgg" in _error_line(result)
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_one_class_data_is_refused_unless_allowed_and_then_warned_about(tmp_path: Path) -> None:
+    # The issue: a one-class dataset trained a 6-class model and reported "accuracy 100.0 %".
+    one = make_folder_dataset(tmp_path / "one", classes=("happiness",), per_class=6, subjects=6, size=64)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "fer", str(one), "--epochs", "1", "--out", str(tmp_path / "a"), *FAST])
+    assert refused.exit_code == 2, refused.output
+    line = _error_line(refused)
+    assert str(one) in line and "no sample of anger, disgust, fear, sadness, surprise" in line
+    assert "--allow-missing-classes" in refused.stderr and "--classes happiness" in refused.stderr
+    assert not (tmp_path / "a" / "split.json").exists()
+
+    allowed = runner.invoke(app, ["train", "fer", str(one), "--epochs", "1", "--out", str(tmp_path / "b"),
+                                  "--allow-missing-classes", "--json", *FAST])
+    assert allowed.exit_code == 0, allowed.output
+    test = json.loads(allowed.stdout)["tests"][0]
+    assert test["absent_classes"] == ["anger", "disgust", "fear", "sadness", "surprise"]
+    assert "warning: trained without any sample of anger, disgust, fear, sadness, surprise" in allowed.stderr
+    assert "warning: test set test: no sample of 5 of the model's 6 classes" in allowed.stderr

@@ -179,6 +179,23 @@ def test_bad_input_is_refused_with_one_line_errors(tmp_path: Path, tiny_data) ->
     assert fresh.epochs_run == 1 and fresh.resumed_from == 0
 
 
+def test_training_without_some_class_is_refused_unless_allowed(tmp_path: Path, tiny_data) -> None:
+    train, val = tiny_data
+    one = train.subset(np.asarray(train.labels) == 0)  # one class of the three the model would have
+    assert len(one) and len(set(np.asarray(one.labels).tolist())) == 1
+    with pytest.raises(DatasetError, match=r"training set has no sample of sadness, surprise") as caught:
+        train_fer(one, val, _tiny_config(epochs=1), tmp_path / "refused", progress=False)
+    assert "--allow-missing-classes" in (caught.value.hint or "")
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+
+    result = train_fer(one, val, _tiny_config(epochs=1), tmp_path / "allowed", progress=False,
+                       allow_missing_classes=True)
+    assert result.classes == ("happiness", "sadness", "surprise")
+    assert result.data["absent_classes"] == {"train": ["sadness", "surprise"], "val": []}
+    _model, card = load_fer_model(result.model_path)
+    assert card.extra["training_data"]["absent_classes"]["train"] == ["sadness", "surprise"]
+
+
 @pytest.mark.slow
 def test_paper_settings_on_six_procedural_expressions(tmp_path: Path) -> None:
     """The paper's hyper-parameters (Adam 1e-4, batch 64, patience 5) at 64 px on all six classes."""
