@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def test_train_on_a_folder_tree_writes_a_complete_run(tmp_path: Path, faces: Pat
                  "eval/test_per_class.png", "eval/summary.csv"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "last.pt").exists()
+    # Every file of the run honours the umask (safetensors and mkstemp alone would make 0600 files).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
     with open(run_dir / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["epoch", "loss", "acc", "val_loss", "val_acc", "lr", "seconds"] and len(rows) == 2
