@@ -241,18 +241,20 @@ def clean_png(data: np.ndarray, path: str | Path) -> np.ndarray:
         if pos == end:  # no IEND, but whole chunks: libpng decides
             break
         if pos + 12 > end:
-            raise DatasetError(f"{path}: truncated PNG (the file ends inside a chunk header at byte {end})")
+            raise DatasetError(f"{path}: not a decodable image (truncated PNG: the file ends inside a chunk header "
+                               f"at byte {end})")
         length = int.from_bytes(view[pos:pos + 4], "big")
         kind = bytes(view[pos + 4:pos + 8])
         stop = pos + 12 + length
         if stop > end:
-            raise DatasetError(f"{path}: truncated PNG (chunk {kind.decode('latin-1')!r} ends past the "
-                               f"{end} bytes of the file)")
+            raise DatasetError(f"{path}: not a decodable image (truncated PNG: chunk {kind.decode('latin-1')!r} "
+                               f"ends past the {end} bytes of the file)")
         body = view[pos + 4:stop - 4]
         crc_ok = zlib.crc32(body) == int.from_bytes(view[stop - 4:stop], "big")
         critical = kind[:1].isupper()
         if not crc_ok and critical:
-            raise DatasetError(f"{path}: corrupt PNG (chunk {kind.decode('latin-1')} fails its CRC check)")
+            raise DatasetError(f"{path}: not a decodable image (corrupt PNG: chunk {kind.decode('latin-1')} "
+                               "fails its CRC check)")
         if crc_ok and kind not in _PNG_DROPPED:
             keep.append(view[pos:stop])
         else:
