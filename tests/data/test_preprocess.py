@@ -309,3 +309,19 @@ def test_damaged_png_chunks_leave_nothing_on_stderr(tmp_path: Path, capfd: pytes
     with pytest.raises(DatasetError, match="header.png: not a decodable image"):
         preprocess_records(records[3:4], config, cache_dir=tmp_path / "cache2", strict=True)
     assert capfd.readouterr().err == ""
+
+
+def test_opencv_log_lines_do_not_leak(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # A cut TIFF and a bogus BMP make OpenCV log "[ERROR:0@...] global grfmt_tiff.cpp ..." lines
+    # on stderr; fertk counts them as unreadable and says so itself.
+    ok, tiff = cv2.imencode(".tiff", draw_face(seed=5))
+    assert ok
+    (tmp_path / "cut.tif").write_bytes(bytes(tiff)[: len(tiff) // 2])
+    (tmp_path / "bogus.bmp").write_bytes(b"BM" + bytes(60))
+    capfd.readouterr()
+    records = [record_for(tmp_path / "cut.tif"), record_for(tmp_path / "bogus.bmp", subject="s1"),
+               record_for(write_image(tmp_path / "good.png", draw_face(seed=5)), subject="s2")]
+    arrays, report = preprocess_records(records, PreprocessConfig(detect="none"), cache_dir=tmp_path / "c", workers=1)
+    assert len(arrays) == 1 and report.unreadable == 2
+    err = capfd.readouterr().err
+    assert err == "", err

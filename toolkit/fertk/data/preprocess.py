@@ -278,6 +278,7 @@ def quiet_opencv() -> None:
     if _OPENCV_QUIET or os.environ.get("OPENCV_LOG_LEVEL"):
         return
     _OPENCV_QUIET = True
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's "[mov @ 0x...]" lines (read on first video open)
     import cv2
 
     try:
