@@ -160,3 +160,16 @@ def test_corrupt_onnx_file_through_export(tmp_path: Path) -> None:
     path.write_bytes(b"\x08\x07\x12\x04fertk" + bytes(range(256)) * 4)
     result = CliRunner().invoke(app, ["export", str(path), "--out", str(tmp_path / "a")])
     _one_line_error(result, path)
+
+
+def test_corrupt_config_and_calibration_files_through_export(tmp_path: Path) -> None:
+    config = tmp_path / "fer.json"
+    config.write_text('{"variant": ')
+    result = CliRunner().invoke(app, ["export", "fer-cnn", "--config", str(config), "--out", str(tmp_path / "a")])
+    assert "not valid JSON" in _one_line_error(result, config)
+    for name, data in (("calib.npy", b"\x93NUMPY garbage"), ("calib.npz", b"PK\x03\x04 garbage")):
+        calib = tmp_path / name
+        calib.write_bytes(data)
+        result = CliRunner().invoke(app, ["export", "fer-cnn", "--precision", "int8", "--calib", str(calib),
+                                          "--out", str(tmp_path / "b")])
+        assert "calibration data" in _one_line_error(result, calib)
