@@ -148,9 +148,10 @@ def test_corrupt_onnx_in_an_artifact_through_eval(tmp_path: Path, good: dict[str
         _one_line_error(result, onnx_file)
 
 
-def test_corrupt_artifact_card_through_eval(tmp_path: Path, good: dict[str, Path]) -> None:
+@pytest.mark.parametrize("text", ['{"format": ', '["not", "a", "card"]'], ids=["cut", "list"])
+def test_corrupt_artifact_card_through_eval(tmp_path: Path, good: dict[str, Path], text: str) -> None:
     artifact = shutil.copytree(good["artifact"], tmp_path / "artifact")
-    (artifact / "card.json").write_text('{"format": ')
+    (artifact / "card.json").write_text(text)
     result = CliRunner().invoke(app, ["eval", str(artifact), str(good["faces"]), "--out", str(tmp_path / "r"), *FAST])
     _one_line_error(result, artifact / "card.json")
 

@@ -177,6 +177,10 @@ def test_bad_input_is_refused_with_one_line_errors(tmp_path: Path, tiny_data) ->
     # --no-resume starts over.
     fresh = train_fer(train, val, _tiny_config(epochs=1), run, progress=False, resume=False)
     assert fresh.epochs_run == 1 and fresh.resumed_from == 0
+    # A damaged result.json of a finished run is an error naming it, not a raw JSON error.
+    (run / "result.json").write_text('{"run_dir": ')
+    with pytest.raises(CheckpointError, match=r"result\.json is not a readable fertk training result"):
+        train_fer(train, val, _tiny_config(epochs=1), run, progress=False)
 
 
 def test_training_without_some_class_is_refused_unless_allowed(tmp_path: Path, tiny_data) -> None:

@@ -286,7 +286,11 @@ def _open_exported(path: Path, *, backend: str, device: str, variant: str | None
         try:
             card = json.loads(card_file.read_text())
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{card_file} is not readable JSON ({exc})") from None
+            raise CheckpointError(f"{card_file} is not readable JSON ({exc})",
+                                  hint="re-export the model with fertk export") from None
+        if not isinstance(card, dict) or not isinstance(card.get("config", {}), dict):
+            raise CheckpointError(f"{card_file} is not a fertk artifact card (not a JSON object with a config)",
+                                  hint="re-export the model with fertk export")
     config = dict(card.get("config", {}))
     declared = tuple(config.get("classes") or ()) or next(
         (tuple(o["classes"]) for o in card.get("outputs", []) if isinstance(o, Mapping) and o.get("classes")), ())
