@@ -99,7 +99,8 @@ class Split:
             missing, extra = len(want - have), len(have - want)
             raise DatasetError(
                 f"the data differs from the split's samples ({missing} missing, {extra} not in the split)",
-                hint="re-split, or pass check_keys=False to split by subject only",
+                hint="re-split (leave out --split-manifest), or in Python pass check_keys=False to split by "
+                     "subject only",
             )
 
     def to_dict(self) -> dict[str, Any]:

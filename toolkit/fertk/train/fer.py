@@ -173,7 +173,8 @@ def _prepare(arrays: FaceArrays, classes: tuple[str, ...], size: int, role: str)
     if excluded:
         raise DatasetError(
             f"{name}: {role} labels {sorted(excluded)} are not among the model classes {list(classes)}",
-            hint="train on those classes too (classes=...) or drop them when reading the dataset",
+            hint="train on those classes too (--classes, Python: classes=...) or drop them when reading "
+                 "the dataset",
         )
     faces = faces_to_gray(arrays.images, size)
     return torch.from_numpy(faces), torch.from_numpy(labels)
