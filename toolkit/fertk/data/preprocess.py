@@ -77,7 +77,8 @@ class PreprocessConfig:
         if not isinstance(self.size, int) or self.size < 8:
             raise InvalidInputError(f"preprocess size must be an integer >= 8, got {self.size!r}")
         if self.detect not in DETECT_MODES:
-            raise InvalidInputError(f"unknown detect mode {self.detect!r}", hint="--detect (Python: detect=) takes one of " + ", ".join(DETECT_MODES))
+            raise InvalidInputError(f"unknown detect mode {self.detect!r}",
+                                    hint="--detect (Python: detect=) takes one of " + ", ".join(DETECT_MODES))
         if not 0 <= self.margin <= 2:
             raise InvalidInputError(f"margin must be within [0, 2], got {self.margin}")
         if not 0 < self.min_face <= 1:
@@ -278,7 +279,8 @@ def quiet_opencv() -> None:
     if _OPENCV_QUIET or os.environ.get("OPENCV_LOG_LEVEL"):
         return
     _OPENCV_QUIET = True
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's "[mov @ 0x...]" lines (read on first video open)
+    # FFmpeg's own "[mov @ 0x...]" lines; OpenCV reads this when it first opens a video.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     try:
@@ -361,7 +363,8 @@ def _face_box(image: np.ndarray, record: FaceRecord, config: PreprocessConfig, m
         box = record.meta.get("face_box")
         if box is None or len(box) != 4:
             raise DatasetError(f"{record.key}: detect='box' needs meta['face_box'] = (x, y, w, h)",
-                               hint="AffectNet's reader sets it; use --detect haar (Python: detect='haar') for other datasets")
+                               hint="AffectNet's reader sets it; use --detect haar (Python: detect='haar') "
+                                    "for other datasets")
         return box, config.margin, False
     boxes = detect_faces(_to_gray(image), config)
     if boxes:

@@ -155,7 +155,9 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
             try:
                 config = json.loads(meta["fertk"])
             except ValueError:
-                raise CheckpointError(f"{path}: the fertk config in its header is not JSON") from None
+                config = None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{path}: the fertk config in its header is not a JSON object")
     if variant is not None and config.get("variant", variant) != variant:
         raise CheckpointError(f"{path} is a {config['variant']!r} FER CNN, expected {variant!r}")
     if classes is not None and config.get("classes") and tuple(config["classes"]) != tuple(classes):
@@ -166,13 +168,14 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
             classes=tuple(config.get("classes", classes or EKMAN)),
             input_size=int(config.get("input_size", INPUT_SIZE)),
         )
+        model = FerCNN(cfg)
     except (InvalidInputError, TypeError, ValueError) as exc:
         where = card_file if card_data else path
         raise CheckpointError(f"{where}: not a usable FER CNN config ({exc})") from None
-    model = FerCNN(cfg)
     load_into(model, read_state_dict(path), source=path)
     model.eval()
-    return model, fer_card(model, weights=path, extra=extra if isinstance(extra := card_data.get("extra"), dict) else {})
+    extra = card_data.get("extra")
+    return model, fer_card(model, weights=path, extra=extra if isinstance(extra, dict) else {})
 
 
 @register_model("fer-cnn", description="The paper's Table-1 FER CNN (variants: paper, authors-code)",
