@@ -126,3 +126,13 @@ def test_init_refuses_to_overwrite_a_different_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["experiment", "init", "--procedural", str(tmp_path)])
     assert result.exit_code == 2 and "exists and differs" in result.output
     assert (tmp_path / "experiment.toml").read_text() == "# mine\n"
+
+
+def test_a_damaged_run_file_is_a_one_line_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.resolved.json").write_text('{"config": ')
+    result = CliRunner().invoke(app, ["experiment", "report", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert str(run_dir / "config.resolved.json") in result.output and "Traceback" not in result.output
+    assert "FERTK_DEBUG" not in result.output
