@@ -71,6 +71,27 @@ def test_class_absent_from_the_test_set_has_no_recall_and_is_left_out_of_macro_f
     assert report.macro_f1 == pytest.approx((0.4 + 0.0) / 2)
 
 
+def test_classes_absent_from_a_one_class_test_set_are_listed(tmp_path: Path) -> None:
+    # A test set of one class scores 100 % / macro-F1 1.0 for a model that always says "happiness":
+    # the report must say which of the model's classes it never saw.
+    data = _faces([100, 105, 110], [0, 0, 0], ("happiness",))
+    report = evaluate(BrightnessClassifier(CENTRES), data, MODEL_CLASSES, name="one")
+    assert report.accuracy == 1.0 and report.macro_f1 == 1.0
+    assert report.absent_classes == ("anger", "surprise", "sadness")
+    assert report.summary()["absent_classes"] == ["anger", "surprise", "sadness"]
+    warning = report.absent_warning()
+    assert warning is not None and "anger, surprise, sadness" in warning and "cover only happiness" in warning
+    assert EvalReport.from_dict(report.to_dict()).absent_classes == report.absent_classes
+    files = write_reports([report], tmp_path)
+    with open(files["summary_csv"], newline="") as fh:
+        assert next(csv.DictReader(fh))["absent_classes"] == "anger;surprise;sadness"
+    assert json.loads(files["summary_json"].read_text())["reports"][0]["absent_classes"] == ["anger", "surprise",
+                                                                                            "sadness"]
+    # Every class present: nothing to warn about.
+    full = EvalReport("full", ("a", "b"), np.array([[1, 0], [1, 1]]))
+    assert full.absent_classes == () and full.absent_warning() is None
+
+
 def test_confusion_matrix_rejects_out_of_range_labels() -> None:
     with pytest.raises(InvalidInputError, match="outside"):
         confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)

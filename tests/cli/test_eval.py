@@ -57,6 +57,10 @@ def test_eval_scores_several_test_sets_and_writes_reports(tmp_path: Path, model_
     assert first["name"] == "indb" and first["n"] == 12
     assert second["name"] == "mmi" and second["n"] == 6  # neutral not scored, corrupt file skipped
     assert second["present_classes"] == ["happiness", "surprise"]
+    assert first["absent_classes"] == [] and second["absent_classes"] == ["anger", "disgust", "fear", "sadness"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: mmi: no sample of 4 of the model's 6 classes (anger, disgust, fear, sadness); "
+                        "accuracy and macro-F1 cover only happiness, surprise"]
     assert second["info"]["unreadable"] == 1
     assert "mmi: skipped 1 unreadable image" in result.stderr
     for report in (first, second):

@@ -77,10 +77,15 @@ def test_config_argument_runs_and_report_rebuilds(tmp_path: Path) -> None:
     assert run_dir == tmp_path / "run" and (run_dir / "report" / "summary.md").is_file()
 
     # The explicit subcommand and a --out elsewhere; --k / --repeats override the file.
-    other = runner.invoke(app, ["experiment", "run", str(config), "--out", str(tmp_path / "other"),
-                                "--k", "1", "--repeats", "1"])
+    # Options before the subcommand or CONFIG work as well as after it.
+    other = runner.invoke(app, ["experiment", "--repeats", "1", "-o", str(tmp_path / "other"), "run", str(config),
+                                "--k", "1"])
     assert other.exit_code == 0, other.output
     assert "real + 1× natural" in other.stdout and "3 cell(s) trained" in other.stdout
+    before = runner.invoke(app, ["experiment", "--out", str(tmp_path / "other"), "--repeats", "1", "--k", "1",
+                                 str(config), "--json"])
+    assert before.exit_code == 0, before.output
+    assert json.loads(before.stdout)["skipped"] == 3 and json.loads(before.stdout)["ran"] == 0
 
     rebuilt = runner.invoke(app, ["experiment", "report", str(run_dir), "--json"])
     assert rebuilt.exit_code == 0, rebuilt.output
@@ -105,6 +110,15 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     good.write_text(SMALL)
     jobs = runner.invoke(app, ["experiment", str(good), "--jobs", "0"])
     assert jobs.exit_code == 2 and "--jobs must be at least 1" in jobs.output
+    # The same with the options before CONFIG (`fertk experiment [OPTIONS] CONFIG`).
+    jobs = runner.invoke(app, ["experiment", "--jobs", "0", "--repeats", "1", str(good)])
+    assert jobs.exit_code == 2 and "--jobs must be at least 1" in jobs.output, jobs.output
+    first = runner.invoke(app, ["experiment", "--repeats", "1", str(tmp_path / "nope.toml")])
+    assert first.exit_code == 2 and "experiment config not found" in first.output, first.output
+    no_config = runner.invoke(app, ["experiment", "--repeats", "1"])
+    assert no_config.exit_code == 2 and "Missing argument 'config'" in no_config.output, no_config.output
+    report = runner.invoke(app, ["experiment", "--json", "report", str(tmp_path)])
+    assert report.exit_code == 2 and "not an experiment run directory" in report.output, report.output
 
 
 def test_init_refuses_to_overwrite_a_different_config(tmp_path: Path) -> None:
@@ -112,3 +126,13 @@ def test_init_refuses_to_overwrite_a_different_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["experiment", "init", "--procedural", str(tmp_path)])
     assert result.exit_code == 2 and "exists and differs" in result.output
     assert (tmp_path / "experiment.toml").read_text() == "# mine\n"
+
+
+def test_a_damaged_run_file_is_a_one_line_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.resolved.json").write_text('{"config": ')
+    result = CliRunner().invoke(app, ["experiment", "report", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert str(run_dir / "config.resolved.json") in result.output and "Traceback" not in result.output
+    assert "FERTK_DEBUG" not in result.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def test_train_on_a_folder_tree_writes_a_complete_run(tmp_path: Path, faces: Pat
                  "eval/test_per_class.png", "eval/summary.csv"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "last.pt").exists()
+    # Every file of the run honours the umask (safetensors and mkstemp alone would make 0600 files).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
     with open(run_dir / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["epoch", "loss", "acc", "val_loss", "val_acc", "lr", "seconds"] and len(rows) == 2
@@ -113,3 +120,23 @@ def test_bad_input_gives_one_line_errors(tmp_path: Path, faces: Path) -> None:
     result = runner.invoke(app, ["train", "fer", str(faces), *out, *FAST, "--variant", "vgg"])  # the last wins
     assert result.exit_code == 2 and "vgg" in _error_line(result)
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_one_class_data_is_refused_unless_allowed_and_then_warned_about(tmp_path: Path) -> None:
+    # The issue: a one-class dataset trained a 6-class model and reported "accuracy 100.0 %".
+    one = make_folder_dataset(tmp_path / "one", classes=("happiness",), per_class=6, subjects=6, size=64)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "fer", str(one), "--epochs", "1", "--out", str(tmp_path / "a"), *FAST])
+    assert refused.exit_code == 2, refused.output
+    line = _error_line(refused)
+    assert str(one) in line and "no sample of anger, disgust, fear, sadness, surprise" in line
+    assert "--allow-missing-classes" in refused.stderr and "--classes happiness" in refused.stderr
+    assert not (tmp_path / "a" / "split.json").exists()
+
+    allowed = runner.invoke(app, ["train", "fer", str(one), "--epochs", "1", "--out", str(tmp_path / "b"),
+                                  "--allow-missing-classes", "--json", *FAST])
+    assert allowed.exit_code == 0, allowed.output
+    test = json.loads(allowed.stdout)["tests"][0]
+    assert test["absent_classes"] == ["anger", "disgust", "fear", "sadness", "surprise"]
+    assert "warning: trained without any sample of anger, disgust, fear, sadness, surprise" in allowed.stderr
+    assert "warning: test set test: no sample of 5 of the model's 6 classes" in allowed.stderr

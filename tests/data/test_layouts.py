@@ -245,6 +245,23 @@ def test_read_records_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="cannot tell the dataset layout"):
         read_records(tmp_path / "empty")
+    bad = tmp_path / "photos"
+    for name in ("holiday", "work"):
+        (bad / name).mkdir(parents=True)
+        (bad / name / "a.jpg").write_bytes(b"x")
+    (bad / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError) as caught:
+        read_records(bad)
+    message, hint = str(caught.value), caught.value.hint or ""
+    assert "\n" not in message
+    # What was looked for, what was found, and the flag (and keyword) that settles it.
+    assert "Looked for:" in message and "cohn-kanade-images" in message and "session.xml" in message
+    assert "Found: 2 sub-folder(s) (holiday/, work/) and 1 file(s) (1 .txt)" in message
+    assert "'holiday' is not an emotion" in message or "expected emotion folders" in message
+    assert "--layout folder|rafd|ckplus|oulu|mmi|affectnet|fer2013" in hint and "layout=" in hint
+    with pytest.raises(InvalidInputError) as unknown:
+        read_records(bad, layout="imagenet")
+    assert "--layout" in (unknown.value.hint or "")
     root = make_folder_dataset(tmp_path / "only_neutral", ("neutral",), per_class=1, subjects=1, size=48)
     with pytest.raises(DatasetError, match=r"no images left to read.*class not kept: neutral: 1"):
         read_records(root)

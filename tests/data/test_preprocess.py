@@ -264,3 +264,64 @@ def test_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
     assert len(arrays) == 1 and report.computed == 1 and any("unreadable cache" in n for n in report.notes)
     _, report = preprocess_records(records, PreprocessConfig(), cache_dir=cache)
     assert report.cache_hits == 1
+
+
+def _png_chunk(kind: bytes, payload: bytes, *, crc_ok: bool = True) -> bytes:
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + payload) ^ (0 if crc_ok else 1)
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _with_chunk(png: bytes, chunk: bytes) -> bytes:
+    """`chunk` inserted right after IHDR (signature 8 bytes + IHDR 25 bytes)."""
+    return png[:33] + chunk + png[33:]
+
+
+def test_damaged_png_chunks_leave_nothing_on_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # libpng prints "libpng warning: iCCP: ..." / "libpng error: ...: CRC error" on file descriptor 2
+    # itself; fertk checks the chunks first so the user sees its own count, not libpng's lines.
+    face = draw_face(seed=4)
+    clean = write_image(tmp_path / "clean.png", face).read_bytes()
+    bad_profile = _with_chunk(clean, _png_chunk(b"iCCP", b"icc\x00\x00" + b"\x78\x9c" + b"not zlib"))
+    bad_text_crc = _with_chunk(clean, _png_chunk(b"tEXt", b"Comment\x00hello", crc_ok=False))
+    bad_header = clean[:29] + bytes([clean[29] ^ 0xFF]) + clean[30:]  # a flipped IHDR CRC byte
+    files = {"profile": bad_profile, "text": bad_text_crc, "header": bad_header, "cut": clean[: len(clean) // 2]}
+    for name, data in files.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+    capfd.readouterr()
+
+    records = [record_for(tmp_path / "clean.png"), record_for(tmp_path / "profile.png", subject="s1"),
+               record_for(tmp_path / "text.png", subject="s2"), record_for(tmp_path / "header.png", subject="s3"),
+               record_for(tmp_path / "cut.png", subject="s4")]
+    config = PreprocessConfig(detect="none")
+    arrays, report = preprocess_records(records, config, cache_dir=tmp_path / "cache", workers=1)
+    err = capfd.readouterr().err
+    assert err == "", err
+    # The damaged ancillary chunks are dropped: the same pixels as the clean file.
+    assert len(arrays) == 3 and report.unreadable == 2
+    np.testing.assert_array_equal(arrays.images[1], arrays.images[0])
+    np.testing.assert_array_equal(arrays.images[2], arrays.images[0])
+    reasons = " | ".join(report.unreadable_reasons)
+    assert "header.png: not a decodable image (corrupt PNG: chunk IHDR fails its CRC check)" in reasons
+    assert "cut.png: not a decodable image (truncated PNG" in reasons
+    with pytest.raises(DatasetError, match="header.png: not a decodable image"):
+        preprocess_records(records[3:4], config, cache_dir=tmp_path / "cache2", strict=True)
+    assert capfd.readouterr().err == ""
+
+
+def test_opencv_log_lines_do_not_leak(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # A cut TIFF and a bogus BMP make OpenCV log "[ERROR:0@...] global grfmt_tiff.cpp ..." lines
+    # on stderr; fertk counts them as unreadable and says so itself.
+    ok, tiff = cv2.imencode(".tiff", draw_face(seed=5))
+    assert ok
+    (tmp_path / "cut.tif").write_bytes(bytes(tiff)[: len(tiff) // 2])
+    (tmp_path / "bogus.bmp").write_bytes(b"BM" + bytes(60))
+    capfd.readouterr()
+    records = [record_for(tmp_path / "cut.tif"), record_for(tmp_path / "bogus.bmp", subject="s1"),
+               record_for(write_image(tmp_path / "good.png", draw_face(seed=5)), subject="s2")]
+    arrays, report = preprocess_records(records, PreprocessConfig(detect="none"), cache_dir=tmp_path / "c", workers=1)
+    assert len(arrays) == 1 and report.unreadable == 2
+    err = capfd.readouterr().err
+    assert err == "", err

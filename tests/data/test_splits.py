@@ -119,3 +119,17 @@ def test_manifest_detects_changed_data_and_bad_files(tmp_path: Path) -> None:
         load_manifest(bad)
     with pytest.raises(DatasetError, match="not found"):
         load_manifest(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_manifest_file_honours_the_umask(tmp_path: Path, umask: int) -> None:
+    # mkstemp alone gives 0600 whatever the umask; a manifest is meant to be shared beside a run.
+    import os
+
+    split = subject_split(arrays_with_subjects({"rafd": 6}), (4, 1, 1), seed=0)
+    before = os.umask(umask)
+    try:
+        path = save_manifest(split, tmp_path / "split.json")
+    finally:
+        os.umask(before)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

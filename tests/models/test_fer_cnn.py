@@ -59,3 +59,17 @@ def test_save_load_round_trip_and_mismatch_errors(tmp_path) -> None:
 def test_bad_variant_is_a_clear_error() -> None:
     with pytest.raises(InvalidInputError, match="unknown FER CNN variant"):
         FerCNNConfig(variant="resnet")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_saved_weights_and_card_honour_the_umask(tmp_path, umask: int) -> None:
+    # safetensors writes 0600 files; fertk's weights are as readable as anything else it writes.
+    import os
+
+    before = os.umask(umask)
+    try:
+        save_fer_model(FerCNN(FerCNNConfig(input_size=16)), tmp_path / "model.safetensors")
+    finally:
+        os.umask(before)
+    for name in ("model.safetensors", "model.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -177,6 +177,27 @@ def test_bad_input_is_refused_with_one_line_errors(tmp_path: Path, tiny_data) ->
     # --no-resume starts over.
     fresh = train_fer(train, val, _tiny_config(epochs=1), run, progress=False, resume=False)
     assert fresh.epochs_run == 1 and fresh.resumed_from == 0
+    # A damaged result.json of a finished run is an error naming it, not a raw JSON error.
+    (run / "result.json").write_text('{"run_dir": ')
+    with pytest.raises(CheckpointError, match=r"result\.json is not a readable fertk training result"):
+        train_fer(train, val, _tiny_config(epochs=1), run, progress=False)
+
+
+def test_training_without_some_class_is_refused_unless_allowed(tmp_path: Path, tiny_data) -> None:
+    train, val = tiny_data
+    one = train.subset(np.asarray(train.labels) == 0)  # one class of the three the model would have
+    assert len(one) and len(set(np.asarray(one.labels).tolist())) == 1
+    with pytest.raises(DatasetError, match=r"training set has no sample of sadness, surprise") as caught:
+        train_fer(one, val, _tiny_config(epochs=1), tmp_path / "refused", progress=False)
+    assert "--allow-missing-classes" in (caught.value.hint or "")
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+
+    result = train_fer(one, val, _tiny_config(epochs=1), tmp_path / "allowed", progress=False,
+                       allow_missing_classes=True)
+    assert result.classes == ("happiness", "sadness", "surprise")
+    assert result.data["absent_classes"] == {"train": ["sadness", "surprise"], "val": []}
+    _model, card = load_fer_model(result.model_path)
+    assert card.extra["training_data"]["absent_classes"]["train"] == ["sadness", "surprise"]
 
 
 @pytest.mark.slow

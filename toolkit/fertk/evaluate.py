@@ -241,6 +241,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
     naming the file and what was expected.
     """
     from fertk.models.fer_cnn import card_path_for, load_fer_model
+    from fertk.models.weights import STATE_DICT_SUFFIXES
 
     path = Path(path).expanduser()
     want_classes = tuple(canonical_class(c) for c in classes) if classes else None
@@ -248,7 +249,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
         raise CheckpointError(f"model not found: {path}",
                               hint="pass a training run directory, a model.safetensors or an exported artifact")
     weights = path / "model.safetensors" if path.is_dir() else path
-    if weights.suffix == ".safetensors" and weights.is_file():
+    if weights.suffix in STATE_DICT_SUFFIXES and weights.is_file():
         model, card = load_fer_model(weights, variant=variant, classes=want_classes)
         if device != "cpu" and backend == "torch":
             model.to(resolve_device(device))
@@ -270,7 +271,8 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
     if path.is_dir() and (path / "card.json").is_file() or path.suffix == ".onnx":
         return _open_exported(path, backend=backend, device=device, variant=variant, classes=want_classes)
     raise CheckpointError(f"{path} is not a FER model: expected a run directory with model.safetensors, "
-                          "a .safetensors file, an exported artifact directory or an .onnx file")
+                          "a .safetensors (or .pt / .ckpt state dict) file, an exported artifact directory "
+                          "or an .onnx file")
 
 
 def _open_exported(path: Path, *, backend: str, device: str, variant: str | None,
@@ -284,7 +286,11 @@ def _open_exported(path: Path, *, backend: str, device: str, variant: str | None
         try:
             card = json.loads(card_file.read_text())
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{card_file} is not readable JSON ({exc})") from None
+            raise CheckpointError(f"{card_file} is not readable JSON ({exc})",
+                                  hint="re-export the model with fertk export") from None
+        if not isinstance(card, dict) or not isinstance(card.get("config", {}), dict):
+            raise CheckpointError(f"{card_file} is not a fertk artifact card (not a JSON object with a config)",
+                                  hint="re-export the model with fertk export")
     config = dict(card.get("config", {}))
     declared = tuple(config.get("classes") or ()) or next(
         (tuple(o["classes"]) for o in card.get("outputs", []) if isinstance(o, Mapping) and o.get("classes")), ())
@@ -541,6 +547,11 @@ class EvalReport:
         return tuple(m.name for m in self.per_class if m.support)
 
     @property
+    def absent_classes(self) -> tuple[str, ...]:
+        """Model classes with no sample in the test set: accuracy and macro-F1 say nothing about them."""
+        return tuple(name for name, support in zip(self.classes, self.confusion.sum(axis=1)) if not support)
+
+    @property
     def macro_f1(self) -> float:
         """Unweighted mean F1 over classes present in the test set."""
         scores = [m.f1 for m in self.per_class if m.f1 is not None]
@@ -553,9 +564,19 @@ class EvalReport:
         return float(np.mean(scores)) if scores else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        """The headline numbers: name, n, accuracy, macro-F1, mean recall, excluded."""
+        """The headline numbers: name, n, accuracy, macro-F1, mean recall, excluded, absent classes."""
         return {"name": self.name, "n": self.n, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
-                "mean_recall": self.mean_recall, "excluded": dict(self.excluded)}
+                "mean_recall": self.mean_recall, "excluded": dict(self.excluded),
+                "absent_classes": list(self.absent_classes)}
+
+    def absent_warning(self) -> str | None:
+        """One line for a test set lacking some of the model's classes (None when all are present)."""
+        if not self.absent_classes:
+            return None
+        present = self.present_classes
+        return (f"{self.name}: no sample of {len(self.absent_classes)} of the model's {len(self.classes)} classes "
+                f"({', '.join(self.absent_classes)}); accuracy and macro-F1 cover only "
+                f"{', '.join(present) if present else 'no class'}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict with every metric."""
@@ -659,9 +680,9 @@ def write_reports(reports: Sequence[EvalReport], out_dir: str | Path) -> dict[st
     files = {stem: write_report(report, out_dir, stem) for stem, report in zip(stems, reports)}
     rows = [r.summary() for r in reports]
     summary_csv = atomic_write_text(out_dir / "summary.csv", _csv_text(
-        [["name", "n", "accuracy", "macro_f1", "mean_recall", "excluded"]]
+        [["name", "n", "accuracy", "macro_f1", "mean_recall", "excluded", "absent_classes"]]
         + [[r["name"], r["n"], _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _fmt(r["mean_recall"]),
-            ";".join(f"{k}={v}" for k, v in r["excluded"].items())] for r in rows]))
+            ";".join(f"{k}={v}" for k, v in r["excluded"].items()), ";".join(r["absent_classes"])] for r in rows]))
     summary_json = atomic_write_text(out_dir / "summary.json", json.dumps(
         {"reports": rows, "files": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in files.items()}},
         indent=2, default=_nan_safe) + "\n")

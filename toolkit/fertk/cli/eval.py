@@ -43,6 +43,8 @@ def eval_command(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Accuracy, confusion matrices, per-class precision/recall/F1 and macro-F1 per test set (JSON, CSV, PNG)."""
+    from rich.markup import escape
+
     from fertk.emotions import parse_emotions
     from fertk.evaluate import DatasetOptions, evaluate_paths
 
@@ -66,6 +68,8 @@ def eval_command(
         if report.info.get("no_face"):
             err.print(f"{report.name}: {report.info['no_face']} image(s) without a detected face left out",
                       highlight=False)
+        if report.absent_warning():
+            err.print(f"[yellow]warning:[/] {escape(report.absent_warning())}", highlight=False)
     if json_output:
         print_json(run.to_dict())
         return

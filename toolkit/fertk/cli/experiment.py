@@ -14,19 +14,44 @@ from fertk.cli._common import JSON_OPTION, err, out, print_json
 
 
 class _ExperimentGroup(TyperGroup):
-    """Routes `fertk experiment CONFIG ...` to the `run` subcommand; `init` / `report` stay subcommands."""
+    """Routes `fertk experiment [OPTIONS] CONFIG [OPTIONS]` to the `run` subcommand; `init` / `report`
+    stay subcommands, with their options before or after the subcommand name."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        at = self._first_positional(ctx, args)
+        if at is not None:
+            word = args[at]
+            if word in self.commands:  # options given before the subcommand go after it
+                args = [word, *args[:at], *args[at + 1:]]
+            else:
+                args = ["run", *args]
+        elif args and not {"-h", "--help"} & set(args):  # `run`'s options without CONFIG: say CONFIG is missing
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def _first_positional(self, ctx: Any, args: list[str]) -> int | None:
+        """Index of the first argument that is neither an option nor an option's value."""
+        takes_value = {opt for command in self.commands.values() for param in command.get_params(ctx)
+                       if not getattr(param, "is_flag", True) and param.param_type_name == "option"
+                       for opt in param.opts}
+        i = 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                return i + 1 if i + 1 < len(args) else None
+            if token.startswith("-") and len(token) > 1:
+                i += 2 if token in takes_value else 1  # "--out=DIR" / "-j2" carry their value
+                continue
+            return i
+        return None
 
 
 experiment_app = typer.Typer(
     cls=_ExperimentGroup,
     help="The paper's experiments on your data: real only, synthetic only, real + k synthetic units; "
          "repeats with 95 % CIs, cross-database tests, resumable.\n\n"
-         "Usage: fertk experiment CONFIG [--out DIR] [--repeats R] [--k 1,2,5] [--jobs N]\n\n"
+         "Usage: fertk experiment [--out DIR] [--repeats R] [--k 1,2,5] [--jobs N] CONFIG (options before or "
+         "after CONFIG)\n\n"
          "Try it: fertk experiment init --procedural demo && fertk experiment demo/experiment.toml",
     no_args_is_help=True,
 )

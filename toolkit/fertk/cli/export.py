@@ -18,16 +18,20 @@ def _parse_config(text: str | None) -> dict[str, Any]:
     """--config: inline JSON object or a path to a .json file."""
     if not text:
         return {}
-    source = text
+    source, where = text, "--config"
     if not text.lstrip().startswith("{"):
         path = Path(text)
         if not path.is_file():
             raise InvalidInputError(f"--config {text!r} is neither a JSON object nor a JSON file")
-        source = path.read_text()
+        where = f"--config {path}"
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"{where}: cannot read it ({exc})") from None
     try:
         data = json.loads(source)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"--config is not valid JSON: {exc}") from exc
+        raise InvalidInputError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInputError("--config must be a JSON object")
     return data
@@ -42,11 +46,18 @@ def _load_calibration(path: str | None) -> Any:
     source = Path(path)
     if not source.exists():
         raise DatasetError(f"calibration data {source} does not exist")
-    if source.suffix == ".npy":
-        return np.load(source, allow_pickle=False)
-    if source.suffix == ".npz":
-        with np.load(source, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+    if source.suffix in (".npy", ".npz"):
+        import zipfile
+
+        try:
+            if source.suffix == ".npy":
+                return np.load(source, allow_pickle=False)
+            with np.load(source, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"calibration data {source} is not a readable {source.suffix} file "
+                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                               hint="save plain numeric arrays with numpy.save / numpy.savez") from None
         return next(iter(arrays.values())) if len(arrays) == 1 else arrays
     if source.is_dir():
         from fertk.data.datasets import load_arrays

@@ -45,6 +45,9 @@ def train_fer_command(
     subject_pattern: str | None = typer.Option(None, "--subject-pattern", help="Folder layout: regex on the file "
                                                                               "name whose group is the subject id."),
     strict: bool = typer.Option(False, "--strict", help="Stop on an unreadable image instead of skipping it."),
+    allow_missing_classes: bool = typer.Option(
+        False, "--allow-missing-classes",
+        help="Train even when the training data has no sample of some class (an error otherwise)."),
     variant: str = typer.Option("paper", "--variant", help="CNN variant: paper ('same' padding) or authors-code."),
     epochs: int = typer.Option(100, "--epochs", help="Maximum epochs (early stopping usually ends sooner)."),
     batch: int = typer.Option(64, "--batch", help="Batch size."),
@@ -82,7 +85,7 @@ def train_fer_command(
     run = train_fer_from_paths(
         datasets, config=config, run_dir=out_dir, read=read, val=val, test=test, split=parse_sizes(split),
         split_manifest=split_manifest, split_seed=split_seed, val_fraction=val_fraction,
-        progress=not no_progress, resume=resume)
+        progress=not no_progress, resume=resume, allow_missing_classes=allow_missing_classes)
     for dataset in run.datasets:
         if dataset.get("unreadable"):
             err.print(f"skipped {dataset['unreadable']} unreadable image(s) in {dataset['path']} "
@@ -90,6 +93,13 @@ def train_fer_command(
         if dataset.get("no_face"):
             err.print(f"left out {dataset['no_face']} image(s) without a detected face in {dataset['path']}",
                       highlight=False)
+    absent = run.training.data.get("absent_classes", {})
+    if absent.get("train"):
+        err.print(f"warning: trained without any sample of {', '.join(absent['train'])} (--allow-missing-classes)",
+                  highlight=False)
+    for report in run.tests:
+        if report.absent_warning():
+            err.print(f"warning: test set {report.absent_warning()}", highlight=False)
     if json_output:
         print_json(run.to_dict())
         return

@@ -63,7 +63,8 @@ def load_arrays(
     )
     if len(arrays) == 0:
         raise DatasetError(f"{path}: no face survived preprocessing ({pre_report.summary()})",
-                           hint="try detect='none' for pre-cropped faces, or fallback_center=True")
+                           hint="for pre-cropped faces use --detect none (Python: detect='none'); in Python, "
+                                "fallback_center=True keeps a centred square when no face is found")
     arrays.meta.update({
         "path": str(path),
         "layout": read_report.layout,

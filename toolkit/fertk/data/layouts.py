@@ -126,7 +126,8 @@ def resolve_classes(classes: Iterable[str] | str | None = EKMAN, keep: Iterable[
     extra = keep.split(",") if isinstance(keep, str) else list(keep)
     names = [str(name) for name in items + extra if str(name).strip()]
     if not names:
-        raise InvalidInputError("no classes to keep", hint="e.g. classes=EKMAN or keep=('neutral',)")
+        raise InvalidInputError("no classes to keep",
+                                hint="e.g. --classes anger,happiness (Python: classes=EKMAN or keep=('neutral',))")
     return parse_emotions(names)
 
 
@@ -152,7 +153,8 @@ class _Collector:
             raise DatasetError(
                 f"{self.report.root}: no {what} left to read for classes {', '.join(self.classes)}"
                 + (f" (dropped {dropped})" if dropped else ""),
-                hint=f"check the {self.report.layout} layout (see fertk.data.layouts) and the class options",
+                hint=f"check the {self.report.layout} layout (--layout, Python: layout=) and the classes "
+                     "(--classes, Python: classes=)",
             )
         self.report.finish(self.records)
         return self.records, self.report
@@ -270,8 +272,9 @@ def read_folder(
             if pattern is not None:
                 match = pattern.search(path.stem)
                 if match is None:
-                    raise DatasetError(f"{path}: file name does not match subject_pattern {subject_pattern!r}",
-                                       hint="the pattern is searched in the file stem; use a group for the id")
+                    raise DatasetError(f"{path}: file name does not match --subject-pattern {subject_pattern!r}",
+                                       hint="the pattern (--subject-pattern, Python: subject_pattern=) is searched "
+                                            "in the file stem; use a group for the id")
                 subject = match.groupdict().get("subject") or (match.group(1) if match.groups() else match.group(0))
             else:
                 subject = path.relative_to(root).with_suffix("").as_posix()
@@ -797,12 +800,36 @@ def detect_layout(root: str | Path) -> str:
     try:
         if _folder_class_dirs(root):
             return "folder"
-    except DatasetError:
-        pass
+    except DatasetError as exc:
+        folder_problem = str(exc)
     raise DatasetError(
-        f"{root}: cannot tell the dataset layout",
-        hint="pass layout= one of " + ", ".join(LAYOUTS) + " (see fertk.data.layouts for each one's shape)",
+        f"{root}: cannot tell the dataset layout. Looked for: {LAYOUT_SIGNS}. "
+        f"Found: {_describe_contents(root)}; as a folder tree: {folder_problem}",
+        hint=LAYOUT_HINT,
     )
+
+
+# What `detect_layout` looks for, in its order, for the error that says none was found.
+LAYOUT_SIGNS = ("dataset_card.json (fertk synth), fer2013.csv / train.csv (fer2013), training.csv / "
+                "validation.csv (affectnet), a cohn-kanade-images/ folder (ckplus), */session.xml (mmi), "
+                "Rafd090_01_..._angry_frontal file names (rafd), P001-style subject folders (oulu), "
+                "<emotion>/ or <split>/<emotion>/ folders (folder)")
+LAYOUT_HINT = ("name the layout: --layout " + "|".join(LAYOUTS) + " on the command line (Python: layout=...); "
+               "the README's dataset layouts list shows each one's shape")
+
+
+def _describe_contents(root: Path, limit: int = 5) -> str:
+    """A short inventory of a folder: its first sub-folders and how many files of which kind."""
+    folders = _subdirs(root)
+    files = [p for p in root.iterdir() if p.is_file() and _visible(p)]
+    kinds = Counter(p.suffix.lower() or "(no suffix)" for p in files)
+    parts = []
+    if folders:
+        names = ", ".join(d.name + "/" for d in folders[:limit]) + (", ..." if len(folders) > limit else "")
+        parts.append(f"{len(folders)} sub-folder(s) ({names})")
+    if files:
+        parts.append(f"{len(files)} file(s) (" + ", ".join(f"{n} {k}" for k, n in kinds.most_common(limit)) + ")")
+    return " and ".join(parts) or "an empty folder"
 
 
 def _csv_layout(path: Path, quiet: bool = False) -> str:
@@ -817,8 +844,11 @@ def _csv_layout(path: Path, quiet: bool = False) -> str:
         return "affectnet"
     if quiet:
         return ""
-    raise DatasetError(f"{path}: csv with columns {', '.join(sorted(header))} is not a known layout",
-                       hint="expected FER2013 (emotion,pixels,Usage) or AffectNet (subDirectory_filePath,...,expression)")
+    raise DatasetError(f"{path}: csv with columns {', '.join(sorted(header)) or '(none)'} is not a known layout; "
+                       "looked for FER2013 (emotion,pixels,Usage) or AffectNet (subDirectory_filePath,...,expression) "
+                       "columns",
+                       hint="pass a FER2013 or AffectNet csv, or the folder of an image dataset with --layout "
+                            + "|".join(LAYOUTS) + " (Python: layout=...)")
 
 
 def _has_rafd_names(root: Path, limit: int = 200) -> bool:
@@ -839,9 +869,11 @@ def read_records(root: str | Path, layout: str = "auto", **options: Any) -> tupl
         layout = detect_layout(root)
     if layout == "synth":
         raise DatasetError(f"{root} is a `fertk synth` output, not a records layout",
-                           hint="read it with fertk.data.datasets.load_arrays(path)")
+                           hint="leave --layout at auto (Python: layout='auto'); it is read by "
+                                "fertk.data.datasets.load_arrays(path)")
     if layout not in READERS:
-        raise InvalidInputError(f"unknown layout {layout!r}", hint="one of auto, " + ", ".join(LAYOUTS))
+        raise InvalidInputError(f"unknown layout {layout!r}",
+                                hint="--layout (Python: layout=) takes one of auto, " + ", ".join(LAYOUTS))
     reader = READERS[layout]
     accepted = set(inspect.signature(reader).parameters) - {"root"}
     unknown = sorted(set(options) - accepted)

@@ -33,6 +33,7 @@ import os
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +44,7 @@ import numpy as np
 
 from fertk.data.records import FaceArrays, FaceRecord
 from fertk.emotions import ALL_EMOTIONS, class_index
+from fertk._files import honour_umask
 from fertk.errors import DatasetError, InvalidInputError
 
 DETECT_MODES = ("auto", "haar", "box", "none")
@@ -75,7 +77,8 @@ class PreprocessConfig:
         if not isinstance(self.size, int) or self.size < 8:
             raise InvalidInputError(f"preprocess size must be an integer >= 8, got {self.size!r}")
         if self.detect not in DETECT_MODES:
-            raise InvalidInputError(f"unknown detect mode {self.detect!r}", hint="one of " + ", ".join(DETECT_MODES))
+            raise InvalidInputError(f"unknown detect mode {self.detect!r}",
+                                    hint="--detect (Python: detect=) takes one of " + ", ".join(DETECT_MODES))
         if not 0 <= self.margin <= 2:
             raise InvalidInputError(f"margin must be within [0, 2], got {self.margin}")
         if not 0 < self.min_face <= 1:
@@ -215,6 +218,77 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[int, 
     return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ancillary chunks dropped before libpng sees them: OpenCV ignores colour profiles, and a damaged
+# one makes libpng print "libpng warning: iCCP: ..." straight to the process's stderr.
+_PNG_DROPPED = {b"iCCP"}
+
+
+def clean_png(data: np.ndarray, path: str | Path) -> np.ndarray:
+    """PNG bytes libpng decodes without printing: ancillary chunks that fail their CRC (or that
+    OpenCV ignores, see `_PNG_DROPPED`) are dropped; a truncated file or a critical chunk with a
+    bad CRC is a DatasetError naming the file. Anything not a PNG is returned unchanged.
+
+    libpng reports such damage on file descriptor 2 itself, where neither OpenCV's log level nor
+    Python can catch it, so fertk checks the chunks before decoding.
+    """
+    view = memoryview(data).cast("B")
+    if bytes(view[:8]) != _PNG_SIGNATURE:
+        return data
+    keep: list[memoryview] = [view[:8]]
+    dropped = False
+    pos, end = 8, len(view)
+    while True:
+        if pos == end:  # no IEND, but whole chunks: libpng decides
+            break
+        if pos + 12 > end:
+            raise DatasetError(f"{path}: not a decodable image (truncated PNG: the file ends inside a chunk header "
+                               f"at byte {end})")
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8])
+        stop = pos + 12 + length
+        if stop > end:
+            raise DatasetError(f"{path}: not a decodable image (truncated PNG: chunk {kind.decode('latin-1')!r} "
+                               f"ends past the {end} bytes of the file)")
+        body = view[pos + 4:stop - 4]
+        crc_ok = zlib.crc32(body) == int.from_bytes(view[stop - 4:stop], "big")
+        critical = kind[:1].isupper()
+        if not crc_ok and critical:
+            raise DatasetError(f"{path}: not a decodable image (corrupt PNG: chunk {kind.decode('latin-1')} "
+                               "fails its CRC check)")
+        if crc_ok and kind not in _PNG_DROPPED:
+            keep.append(view[pos:stop])
+        else:
+            dropped = True
+        pos = stop
+        if kind == b"IEND":
+            break
+    if not dropped:
+        return data
+    return np.frombuffer(b"".join(keep), dtype=np.uint8)
+
+
+_OPENCV_QUIET = False
+
+
+def quiet_opencv() -> None:
+    """Silence OpenCV's own log lines ("[ WARN:0@...] ...") for the image reads fertk does;
+    unreadable images are counted and reported by fertk instead. An OPENCV_LOG_LEVEL the user
+    set is left alone."""
+    global _OPENCV_QUIET
+    if _OPENCV_QUIET or os.environ.get("OPENCV_LOG_LEVEL"):
+        return
+    _OPENCV_QUIET = True
+    # FFmpeg's own "[mov @ 0x...]" lines; OpenCV reads this when it first opens a video.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # pragma: no cover - builds without the utils.logging binding
+        cv2.setLogLevel(0)
+
+
 def read_image(record: FaceRecord) -> np.ndarray:
     """A record's pixels as uint8 [H, W] (gray) or [H, W, 3] (RGB); DatasetError if unreadable."""
     import cv2
@@ -224,6 +298,7 @@ def read_image(record: FaceRecord) -> np.ndarray:
         if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
             raise DatasetError(f"{record.key}: inline pixels must be uint8 HxW or HxWx3, got {pixels.dtype} {pixels.shape}")
         return pixels
+    quiet_opencv()
     path = Path(record.path)  # type: ignore[arg-type]
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return _read_video_frame(path, int(record.meta.get("frame", 0)))
@@ -231,7 +306,7 @@ def read_image(record: FaceRecord) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode also copes with non-ASCII paths
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = cv2.imdecode(clean_png(data, path), cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise DatasetError(f"{path}: not a decodable image ({data.size} bytes)")
     if image.dtype != np.uint8:  # 16-bit PNG/TIFF
@@ -288,7 +363,8 @@ def _face_box(image: np.ndarray, record: FaceRecord, config: PreprocessConfig, m
         box = record.meta.get("face_box")
         if box is None or len(box) != 4:
             raise DatasetError(f"{record.key}: detect='box' needs meta['face_box'] = (x, y, w, h)",
-                               hint="AffectNet's reader sets it; use detect='haar' for other datasets")
+                               hint="AffectNet's reader sets it; use --detect haar (Python: detect='haar') "
+                                    "for other datasets")
         return box, config.margin, False
     boxes = detect_faces(_to_gray(image), config)
     if boxes:
@@ -395,6 +471,7 @@ def _write_cache(path: Path, entries: dict[str, tuple[int, np.ndarray, str]], co
                      config=np.array(config.fingerprint()))
             handle.flush()
             os.fsync(handle.fileno())
+        honour_umask(tmp)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -480,7 +557,8 @@ def preprocess_records(
             status, face, reason = results[i]
             if status == _UNREADABLE:
                 if strict:
-                    raise DatasetError(reason, hint="pass strict=False to skip and count unreadable images")
+                    raise DatasetError(reason, hint="leave out --strict (Python: strict=False) to skip and count "
+                                                    "unreadable images")
                 report.unreadable += 1
                 report.unreadable_keys.append(keys[i])
                 report.unreadable_reasons.append(reason)
@@ -531,6 +609,7 @@ def _run_parallel(records: Sequence[FaceRecord], todo: list[int], config: Prepro
     # importing it at once can see a half-made module (no `cv2.data`).
     import cv2  # noqa: F401
 
+    quiet_opencv()
     workers = workers or min(8, os.cpu_count() or 1)
     results: dict[int, tuple[int, np.ndarray | None, str]] = {}
     bar = None

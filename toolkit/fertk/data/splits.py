@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fertk.data.records import FaceArrays, FaceRecord
+from fertk._files import honour_umask
 from fertk.errors import DatasetError, InvalidInputError
 
 PAPER_SIZES = (109, 10, 25)
@@ -98,7 +99,8 @@ class Split:
             missing, extra = len(want - have), len(have - want)
             raise DatasetError(
                 f"the data differs from the split's samples ({missing} missing, {extra} not in the split)",
-                hint="re-split, or pass check_keys=False to split by subject only",
+                hint="re-split (leave out --split-manifest), or in Python pass check_keys=False to split by "
+                     "subject only",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +205,7 @@ def save_manifest(split: Split, path: str | Path) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(split.to_dict(), handle, indent=1)
             handle.write("\n")
+        honour_umask(tmp)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

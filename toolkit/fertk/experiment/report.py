@@ -441,13 +441,24 @@ def _safe(name: str) -> str:
     return safe_name(name)
 
 
+def read_run_json(path: Path) -> Any:
+    """A JSON file of a run directory; a damaged one is a one-line error naming it."""
+    from fertk.errors import InvalidInputError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError(f"{path} is not readable JSON ({exc})",
+                                hint="delete it (a cell's files: its folder) and run the experiment again") from None
+
+
 def collect_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The metrics of every finished cell under a run directory."""
     out = []
     for done in sorted(Path(run_dir).glob(f"cells/*/r*/{DONE_FILE}")):
         metrics = done.parent / METRICS_FILE
         if metrics.is_file():
-            out.append(json.loads(metrics.read_text()))
+            out.append(read_run_json(metrics))
     return out
 
 
@@ -459,7 +470,7 @@ def report_from_run_dir(run_dir: str | Path, *, on_event: EventCallback | None =
     resolved_path = run_dir / "config.resolved.json"
     if not resolved_path.is_file():
         raise InvalidInputError(f"{run_dir} is not an experiment run directory (no config.resolved.json)")
-    resolved = json.loads(resolved_path.read_text())
+    resolved = read_run_json(resolved_path)
     config = ExperimentConfig.from_dict(resolved["config"])
     planned = {c["id"] for c in resolved.get("cells", [])}
     metrics = [m for m in collect_metrics(run_dir)

@@ -641,7 +641,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path | None = None, *, j
             shutil.rmtree(task.dir)
             state = "new"
         if state == "done":
-            metrics = json.loads((task.dir / METRICS_FILE).read_text())
+            from fertk.experiment.report import read_run_json
+
+            metrics = read_run_json(task.dir / METRICS_FILE)
             metrics_by_key[(task.cell.id, task.repeat)] = metrics
             rows.append(_row(task, "skipped", metrics))
             _emit(on_event, "skip", f"{task.cell.label} r{task.repeat}: finished earlier", index=i + 1,

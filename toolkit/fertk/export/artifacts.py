@@ -210,10 +210,16 @@ def load_artifact(path: str | Path) -> Artifact:
     try:
         data = json.loads(card_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{card_file} is not valid JSON: {exc}") from exc
+        raise ArtifactError(f"{card_file} is not valid JSON: {exc}", hint="re-export it with `fertk export`") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{card_file} does not hold a JSON object")
-    artifact = Artifact(path, ArtifactCard.from_dict(data))
+    try:
+        artifact = Artifact(path, ArtifactCard.from_dict(data))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{card_file}: {exc}", hint=exc.hint or "re-export it with `fertk export`") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{card_file}: not a fertk artifact card ({exc})",
+                            hint="re-export it with `fertk export`") from None
     model = path / artifact.card.onnx.get("file", VARIANT_FILES["fp32"])
     if not model.is_file():
         raise ArtifactError(f"artifact {path} is incomplete: {model.name} is missing")

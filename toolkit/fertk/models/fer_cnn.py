@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from fertk.emotions import EKMAN
+from fertk._files import honour_umask
 from fertk.errors import CheckpointError, InvalidInputError
 from fertk.models.registry import ModelCard, register_model, sha256_file
-from fertk.models.weights import load_into, read_state_dict
+from fertk.models.weights import load_into, read_json_object, read_safetensors_metadata, read_state_dict
 
 VARIANTS = ("paper", "authors-code")
 INPUT_SIZE = 64
@@ -125,6 +126,7 @@ def save_fer_model(model: FerCNN, path: str | Path, *, extra: dict[str, Any] | N
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"fertk": json.dumps(model.config.to_dict())})
+    honour_umask(tmp)  # safetensors creates 0600 files
     tmp.replace(path)
     card = fer_card(model, weights=path, extra=extra)
     card_tmp = card_path_for(path).with_name(card_path_for(path).name + ".tmp")
@@ -142,30 +144,40 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
     if path.suffix in (".h5", ".hdf5"):  # the Table-1 CNN saved by the authors' Keras code
         return _load_keras_table1(path, variant=variant, classes=classes)
     card_file = card_path_for(path)
+    card_data: dict[str, Any] = {}
     config: dict[str, Any] = {}
     if card_file.is_file():
-        config = json.loads(card_file.read_text()).get("config", {})
+        card_data = read_json_object(card_file, "FER CNN card")
+        config = card_data.get("config", {})
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{card_file}: 'config' is a {type(config).__name__}, not an object")
     elif path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
+        meta = read_safetensors_metadata(path)
         if "fertk" in meta:
-            config = json.loads(meta["fertk"])
+            try:
+                config = json.loads(meta["fertk"])
+            except ValueError:
+                config = None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{path}: the fertk config in its header is not a JSON object")
     if variant is not None and config.get("variant", variant) != variant:
         raise CheckpointError(f"{path} is a {config['variant']!r} FER CNN, expected {variant!r}")
     if classes is not None and config.get("classes") and tuple(config["classes"]) != tuple(classes):
         raise CheckpointError(f"{path} was trained on classes {config['classes']}, expected {list(classes)}")
-    cfg = FerCNNConfig(
-        variant=config.get("variant", variant or "paper"),
-        classes=tuple(config.get("classes", classes or EKMAN)),
-        input_size=int(config.get("input_size", INPUT_SIZE)),
-    )
-    model = FerCNN(cfg)
+    try:
+        cfg = FerCNNConfig(
+            variant=config.get("variant", variant or "paper"),
+            classes=tuple(config.get("classes", classes or EKMAN)),
+            input_size=int(config.get("input_size", INPUT_SIZE)),
+        )
+        model = FerCNN(cfg)
+    except (InvalidInputError, TypeError, ValueError) as exc:
+        where = card_file if card_data else path
+        raise CheckpointError(f"{where}: not a usable FER CNN config ({exc})") from None
     load_into(model, read_state_dict(path), source=path)
     model.eval()
-    extra = json.loads(card_file.read_text()).get("extra", {}) if card_file.is_file() else {}
-    return model, fer_card(model, weights=path, extra=extra)
+    extra = card_data.get("extra")
+    return model, fer_card(model, weights=path, extra=extra if isinstance(extra, dict) else {})
 
 
 def _load_keras_table1(path: Path, *, variant: str | None, classes: tuple[str, ...] | None

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fertk.emotions import EKMAN, NEUTRAL, STARGAN_AUTHORS_ORDER, normalize_emotion
+from fertk._files import honour_umask
 from fertk.errors import CheckpointError, InvalidInputError
 from fertk.models.registry import ModelCard, register_model, sha256_file
 from fertk.models.weights import load_into, read_state_dict
@@ -463,6 +464,7 @@ def save_stargan(model: StarGANGenerator | StarGANDiscriminator, path: str | Pat
             from safetensors.torch import save_file
 
             save_file(state, str(tmp), metadata={META_KEY: json.dumps(model.config.to_dict())})
+            honour_umask(tmp)  # safetensors creates 0600 files
         else:
             torch.save(state, str(tmp))
         os.replace(tmp, path)

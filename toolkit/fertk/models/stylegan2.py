@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fertk._files import honour_umask
 from fertk.errors import CheckpointError, InvalidInputError
 from fertk.models.registry import ModelCard, register_model, sha256_file
 from fertk.models.weights import STATE_DICT_SUFFIXES, load_into, read_state_dict
@@ -1061,6 +1062,7 @@ def save_stylegan2(model: StyleGAN2Generator, path: str | Path) -> ModelCard:
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp))
+    honour_umask(tmp)  # safetensors creates 0600 files
     tmp.replace(path)
     sidecar = config_sidecar_candidates(path)[0]
     sidecar_tmp = sidecar.with_name(sidecar.name + ".tmp")

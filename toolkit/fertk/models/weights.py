@@ -3,10 +3,12 @@ load them into modules with one-line errors naming missing / unexpected / mis-sh
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,20 +33,62 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({exc})"
+                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({_first_line(exc)})",
+                hint="re-copy or re-create the file (training writes it whole, by atomic rename)",
             ) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # a damaged pickle stream, not a refused global
+            raise CheckpointError(
+                f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})",
+                hint="re-copy or re-create the file",
+            ) from None
         raise UnsafeFileError(
             f"refusing to load {path}: it needs code execution to unpickle ({_first_line(exc)})",
             hint="convert it to safetensors with the code that made it, or use a .pkl reader fertk supports",
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError,
+            IndexError, TypeError) as exc:
+        # A damaged archive surfaces as any of these, depending on where the bytes stop.
         raise CheckpointError(
-            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})"
+            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})",
+            hint="re-copy or re-create the file",
         ) from None
     return _flatten_state(obj, path)
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors header; CheckpointError naming the file if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read {path} ({path.stat().st_size} bytes): truncated or corrupt safetensors file "
+            f"({_first_line(exc)})",
+            hint="re-copy or re-create the file (training writes it whole, by atomic rename)",
+        ) from None
+
+
+def read_json_object(path: str | Path, what: str = "JSON card") -> dict[str, Any]:
+    """A JSON file holding an object (a model card, a config); CheckpointError naming the file if not."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable {what} ({_first_line(exc)})",
+                              hint="fix or delete it: a card beside the weights is rewritten by training") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a {what}: it holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _flatten_state(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -99,6 +143,9 @@ def _preview(items: list[str], limit: int = 4) -> str:
     return shown + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line (first sentence, at most `limit` characters) of an exception's message."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    sentence = line.split(". ", 1)[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."

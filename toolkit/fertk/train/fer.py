@@ -45,7 +45,7 @@ from fertk.evaluate import (DatasetOptions, EvalReport, atomic_write_bytes, atom
                             dataset_info, dataset_name, evaluate_sets, faces_to_gray, map_labels, resolve_device,
                             save_figure, write_reports)
 from fertk.models.fer_cnn import INPUT_SIZE, VARIANTS, FerCNN, FerCNNConfig, save_fer_model
-from fertk.models.weights import load_into, read_state_dict
+from fertk.models.weights import load_into, read_json_object, read_state_dict
 
 STATE_FORMAT = "fertk-fer-train-state/1"
 PLATEAU_FRACTION = 0.98  # best val loss >= this × ln K: the model still predicts (nearly) uniformly
@@ -173,10 +173,17 @@ def _prepare(arrays: FaceArrays, classes: tuple[str, ...], size: int, role: str)
     if excluded:
         raise DatasetError(
             f"{name}: {role} labels {sorted(excluded)} are not among the model classes {list(classes)}",
-            hint="train on those classes too (classes=...) or drop them when reading the dataset",
+            hint="train on those classes too (--classes, Python: classes=...) or drop them when reading "
+                 "the dataset",
         )
     faces = faces_to_gray(arrays.images, size)
     return torch.from_numpy(faces), torch.from_numpy(labels)
+
+
+def _absent(labels: torch.Tensor, classes: tuple[str, ...]) -> list[str]:
+    """Classes without a sample among `labels`."""
+    counts = torch.bincount(labels, minlength=len(classes)) if len(labels) else torch.zeros(len(classes))
+    return [c for c, n in zip(classes, counts.tolist()) if not n]
 
 
 def _fingerprint(config: FerTrainConfig, classes: tuple[str, ...], *tensors: torch.Tensor) -> str:
@@ -384,6 +391,15 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _read_result(path: Path) -> TrainResult:
+    """A finished run's result.json; a damaged one is a CheckpointError naming it."""
+    try:
+        return TrainResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a readable fertk training result ({type(exc).__name__}: {exc})",
+                              hint="use --no-resume to train the run again, or another --out") from None
+
+
 def _check_resumable(path: Path, saved: Mapping[str, Any], config: FerTrainConfig, classes: tuple[str, ...],
                      fingerprint: str) -> None:
     """The saved run must have the same architecture, classes, options and data as this call."""
@@ -410,7 +426,8 @@ def _check_resumable(path: Path, saved: Mapping[str, Any], config: FerTrainConfi
 def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig | None = None,
               run_dir: str | Path = "runs/fer", *, progress: bool = True, resume: bool = True,
               data_info: Mapping[str, Any] | None = None,
-              on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+              on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+              allow_missing_classes: bool = False) -> TrainResult:
     """Train a FER CNN on `train`, stopping early on `val` loss; keep the best epoch's weights.
 
     `val` is required (it drives early stopping and picks the checkpoint): split one off by
@@ -418,6 +435,10 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
     an unfinished run in `run_dir` continues from its last epoch and a finished one is returned
     as is; without it, the run's files are replaced. `data_info` (e.g. dataset paths, the split
     manifest's sha256) goes into the card; `on_epoch_end` sees each history row.
+
+    A training set without a sample of some class of the model is a DatasetError naming those
+    classes (the model could never learn them, and its metrics would hide it), unless
+    `allow_missing_classes`; the classes absent from training and validation go into the card.
     """
     config = config or FerTrainConfig()
     if val is None:
@@ -429,16 +450,27 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
     run_dir = Path(run_dir)
     train_x, train_y = _prepare(train, classes, config.input_size, "training")
     val_x, val_y = _prepare(val, classes, config.input_size, "validation")
+    absent = {"train": _absent(train_y, classes), "val": _absent(val_y, classes)}
+    if absent["train"] and not allow_missing_classes:
+        name = train.meta.get("root") or train.meta.get("path") or "the training set"
+        present = [c for c in classes if c not in absent["train"]]
+        raise DatasetError(
+            f"{name}: the training set has no sample of {', '.join(absent['train'])} "
+            f"({len(present)} of the model's {len(classes)} classes present: {', '.join(present) or 'none'})",
+            hint="train on the classes present (--classes " + ",".join(present or ["..."]) + "; Python: classes=...), "
+                 "or pass --allow-missing-classes (Python: allow_missing_classes=True)")
     fingerprint = _fingerprint(config, classes, train_x, train_y, val_x, val_y)
     device = resolve_device(config.device)
     card_data = {"train": summarize_arrays(train), "val": summarize_arrays(val), **dict(data_info or {})}
+    if absent["train"] or absent["val"]:
+        card_data["absent_classes"] = absent
 
     paths = {name: run_dir / name for name in _RUN_FILES}
     if not resume:
         for name in _RUN_FILES:  # result.json first: the run stops looking finished before anything else goes
             paths[name].unlink(missing_ok=True)
     elif paths["result.json"].is_file():
-        finished = TrainResult.from_dict(json.loads(paths["result.json"].read_text()))
+        finished = _read_result(paths["result.json"])
         _check_resumable(paths["result.json"], {"config": finished.config, "classes": finished.classes,
                                                 "fingerprint": finished.data.get("fingerprint")},
                          config, classes, fingerprint)
@@ -447,6 +479,10 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
     run_dir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
     bar = _Progress(progress, steps_per_epoch)
+    for role in ("train", "val"):
+        if absent[role]:
+            bar.note(f"warning: the {'training' if role == 'train' else 'validation'} set has no sample of "
+                     f"{', '.join(absent[role])}")
     plateau_loss = PLATEAU_FRACTION * math.log(len(classes))
 
     def fresh_model(attempt: int) -> tuple[FerCNN, Any]:
@@ -647,6 +683,7 @@ def train_fer_from_paths(
     val_fraction: float | None = None,
     progress: bool = True,
     resume: bool = True,
+    allow_missing_classes: bool = False,
 ) -> FerRun:
     """Read datasets, split them by subject (or use `val`), train, and evaluate on the test part
     and on every extra `test` dataset; reports go to `<run_dir>/eval/`.
@@ -654,6 +691,9 @@ def train_fer_from_paths(
     The validation set comes from exactly one of: `val` datasets; `split_manifest` (a saved
     split); `val_fraction` (train/val only, no test part); `split` sizes (subject counts or
     fractions, three parts); or, when none is given, the paper's 109:10:25 proportions.
+
+    Training data without a sample of some class is an error unless `allow_missing_classes`
+    (see `train_fer`); test reports list the classes a test set lacks (`absent_classes`).
     """
     from fertk.data.splits import load_manifest, subject_split
     from fertk.models.fer_cnn import load_fer_model
@@ -681,6 +721,14 @@ def train_fer_from_paths(
         loaded.append(arrays)
     infos = [{"path": str(p), **dataset_info(a), **summarize_arrays(a)} for p, a in zip(datasets, loaded)]
     everything = concat_arrays(loaded, classes, config.input_size)
+    missing = _absent(torch.from_numpy(np.asarray(everything.labels, np.int64)), classes)
+    if missing and not allow_missing_classes:
+        present = [c for c in classes if c not in missing]
+        raise DatasetError(
+            f"{', '.join(map(str, datasets))}: no sample of {', '.join(missing)} "
+            f"({len(present)} of the {len(classes)} classes present: {', '.join(present) or 'none'})",
+            hint="train on the classes present (--classes " + ",".join(present or ["..."]) + "; Python: classes=...), "
+                 "or pass --allow-missing-classes (Python: allow_missing_classes=True)")
 
     split_info: dict[str, Any] | None = None
     test_sets: dict[str, FaceArrays] = {}
@@ -717,7 +765,8 @@ def train_fer_from_paths(
                  "read_options": read.to_dict(),
                  "split_manifest": ({"path": split_info["manifest"], "sha256": split_info["sha256"]}
                                     if split_info else None)}
-    training = train_fer(train_part, val_part, config, run_dir, progress=progress, resume=resume, data_info=data_info)
+    training = train_fer(train_part, val_part, config, run_dir, progress=progress, resume=resume, data_info=data_info,
+                         allow_missing_classes=allow_missing_classes)
 
     reports: list[EvalReport] = []
     files: dict[str, Any] = {"run_dir": str(run_dir), "model": str(training.model_path),
@@ -748,6 +797,6 @@ def _record_test_metrics(model_path: Path, reports: Sequence[EvalReport]) -> Non
     from fertk.models.fer_cnn import card_path_for
 
     card_file = card_path_for(model_path)
-    card = json.loads(card_file.read_text())
+    card = read_json_object(card_file, "FER CNN card")
     card.setdefault("extra", {}).setdefault("metrics", {})["test"] = [r.summary() for r in reports]
     atomic_write_text(card_file, json.dumps(card, indent=2, default=str) + "\n")
