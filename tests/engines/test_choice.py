@@ -1,0 +1,77 @@
+"""`--backend auto` for the generation graph: the decision and the batch estimate (pure, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fertk.engines.choice import (
+    BATCH_MULTIPLE, DEFAULT_BATCH, MAX_AUTO_BATCH, MEMORY_FRACTION, auto_batch, choose_generation,
+)
+from fertk.errors import InvalidInputError
+
+GAN = ("fp32", "fp16", "bf16")
+MIB, GIB = 2**20, 2**30
+
+
+def test_cuda_without_tensorrt_is_compiled_cuda_graphs_in_fp16() -> None:
+    choice = choose_generation(device="cuda", tensorrt=False, precisions=GAN, precision="auto", batch=None,
+                               free_bytes=100 * GIB, bytes_per_identity=100 * MIB)
+    assert choice.backend == "torch"
+    assert choice.precision == "fp16"
+    assert choice.options == {"compile": True, "cuda_graphs": True}
+    assert choice.batch == auto_batch(100 * GIB, 100 * MIB) == 512
+    assert "free" in choice.batch_reason
+
+
+def test_bf16_when_the_model_has_no_fp16_and_fp32_when_float32_only() -> None:
+    bf16 = choose_generation(device="cuda:1", tensorrt=False, precisions=("fp32", "bf16"), precision="auto")
+    assert (bf16.backend, bf16.precision) == ("torch", "bf16")
+    procedural = choose_generation(device="cuda", tensorrt=False, precisions=("fp32",), precision="auto")
+    assert (procedural.backend, procedural.precision) == ("torch", "fp32")
+    assert procedural.options["cuda_graphs"] and procedural.options["compile"]
+    assert "float32 only" in procedural.reason
+
+
+def test_explicit_precision_batch_and_no_compile_win_on_cuda() -> None:
+    choice = choose_generation(device="cuda", tensorrt=False, precisions=GAN, precision="fp32", batch=48,
+                               free_bytes=100 * GIB, bytes_per_identity=MIB, compile=False)
+    assert (choice.precision, choice.batch, choice.batch_reason) == ("fp32", 48, "given")
+    assert choice.options == {"cuda_graphs": True}
+
+
+def test_unknown_free_memory_falls_back_to_the_default_batch_and_the_job_caps_it() -> None:
+    choice = choose_generation(device="cuda", tensorrt=False, precisions=GAN, precision="auto")
+    assert choice.batch == DEFAULT_BATCH
+    capped = choose_generation(device="cuda", tensorrt=False, precisions=GAN, precision="auto",
+                               free_bytes=100 * GIB, bytes_per_identity=MIB, max_batch=256)
+    assert capped.batch == 256 and "capped at 256" in capped.batch_reason
+
+
+@pytest.mark.parametrize("device, tensorrt", [("cpu", False), ("cpu", True), ("cuda", True), ("cuda:0", True)])
+def test_cpu_and_tensorrt_keep_open_engines_auto_order_in_fp32(device: str, tensorrt: bool) -> None:
+    choice = choose_generation(device=device, tensorrt=tensorrt, precisions=GAN, precision="auto", batch=None,
+                               free_bytes=100 * GIB, bytes_per_identity=MIB)
+    assert (choice.backend, choice.precision, choice.options, choice.batch) == ("auto", "fp32", {}, DEFAULT_BATCH)
+    asked = choose_generation(device=device, tensorrt=tensorrt, precisions=GAN, precision="fp16", batch=7)
+    assert (asked.precision, asked.batch) == ("fp16", 7)
+
+
+def test_auto_batch_fits_the_memory_fraction_in_multiples() -> None:
+    per = 37 * MIB
+    for free in (1 * GIB, 3 * GIB, 10 * GIB, 80 * GIB):
+        batch = auto_batch(free, per)
+        assert batch * per <= free * MEMORY_FRACTION
+        assert batch % BATCH_MULTIPLE == 0 or batch < BATCH_MULTIPLE
+        assert batch == MAX_AUTO_BATCH or (batch + BATCH_MULTIPLE) * per > free * MEMORY_FRACTION
+    assert auto_batch(100 * GIB, MIB) == MAX_AUTO_BATCH
+    assert auto_batch(10 * MIB, 100 * MIB) == 1          # nothing fits: still one identity per call
+    assert auto_batch(6 * 10 * MIB, 10 * MIB) == 3       # under a multiple: not rounded to zero
+
+
+def test_bad_arguments_are_typed_errors() -> None:
+    with pytest.raises(InvalidInputError):
+        auto_batch(GIB, 0)
+    with pytest.raises(InvalidInputError):
+        choose_generation(device="cuda", tensorrt=False, precisions=GAN, precision="fp8")
+    with pytest.raises(InvalidInputError):
+        choose_generation(device="cuda", tensorrt=False, precisions=GAN, batch=0)
