@@ -75,3 +75,20 @@ def test_bad_arguments_are_typed_errors() -> None:
         choose_generation(device="cuda", tensorrt=False, precisions=GAN, precision="fp8")
     with pytest.raises(InvalidInputError):
         choose_generation(device="cuda", tensorrt=False, precisions=GAN, batch=0)
+
+
+def test_synth_plan_on_cpu_keeps_what_was_asked() -> None:
+    """synth's wiring: on CPU, auto stays open_engine's auto in fp32; other backends keep their options."""
+    from fertk.export.pipeline import PipelineConfig, build_pipeline
+    from fertk.synth.engines import plan_generation
+
+    pipeline = build_pipeline(PipelineConfig(generator="procedural"))
+    auto = plan_generation(pipeline, backend="auto", device="cpu", precision="auto", batch=None, compile=None,
+                           max_batch=1000)
+    assert (auto.backend, auto.precision, auto.batch, auto.options) == ("auto", "fp32", DEFAULT_BATCH, {})
+    torch_run = plan_generation(pipeline, backend="torch", device="cpu", precision="auto", batch=None,
+                                compile=None, max_batch=10)
+    assert (torch_run.backend, torch_run.precision, torch_run.batch) == ("torch", "fp32", DEFAULT_BATCH)
+    asked = plan_generation(pipeline, backend="ort", device="cpu", precision="fp16", batch=3, compile=None,
+                            max_batch=10)
+    assert (asked.backend, asked.precision, asked.batch) == ("ort", "fp16", 3)
