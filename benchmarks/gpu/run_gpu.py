@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_FILES = 8
 MAX_FILE_BYTES = 16 * 2**20
 LOG_STAGE_BYTES = 2 * 2**20          # at most this much of one stage's output goes into the log
-KILL_GRACE_S = 3.0                   # SIGTERM, then SIGKILL this much later
+KILL_GRACE_S = 3.0                   # SIGINT (pytest writes its junit, synth its usage), SIGTERM, SIGKILL
 # Targets the run reports against (recorded, not asserted): issue #14.
 TARGETS = {
     "pipeline_gan_fp16_vs_eager_fp32": 10.0,     # fused fp16 GAN pipeline over torch eager fp32, same card
@@ -153,11 +153,14 @@ class Run:
         self.say(f"$ {' '.join(record['argv'])}  (limit {limit:.0f} s)")
         capture = tempfile.NamedTemporaryFile("w+b", dir=self.work, prefix="out-", delete=False)
         out_fh = open(stdout_path, "wb") if stdout_path is not None else capture
-        full_env = {**os.environ, **(env or {})}
+        # Dry run: one thread per process. On a small shared CI machine OpenMP threads spinning at
+        # barriers against busy neighbours turn milliseconds into seconds; sizes are tiny anyway.
+        dry_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if self.dry else {}
+        full_env = {**os.environ, **dry_env, **(env or {})}
         tic = time.monotonic()
         try:
             proc = subprocess.Popen(argv, cwd=REPO, stdout=out_fh, stderr=capture, stdin=subprocess.DEVNULL,
-                                    env=full_env, start_new_session=True)
+                                    env=full_env, start_new_session=True, preexec_fn=_default_sigint)
         except OSError as exc:
             record["rc"], record["reason"] = 127, f"cannot start: {exc}"
             capture.close()
@@ -192,25 +195,30 @@ class Run:
         return [self.python, "-m", "fertk", *args]
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default (a background shell may have ignored it), so Python
+    turns it into KeyboardInterrupt and the child can finish its files."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the stage's process group (the child started it), SIGKILL after a grace period."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
+    """Stop the stage's process group (the child leads it): SIGINT, then SIGTERM, then SIGKILL,
+    a grace period apart; at most ~2 x KILL_GRACE_S."""
+    for sig, grace in ((signal.SIGINT, KILL_GRACE_S), (signal.SIGTERM, KILL_GRACE_S / 2)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:   # the leader is gone (or stuck): no child of it may linger
+        os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-    else:  # the leader is gone; make sure no child of it lingers
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        pass
+    proc.wait()
 
 
 def _csv(text: str) -> set[str]:
@@ -269,11 +277,12 @@ def stage_env(run: Run, result: StageResult, deadline: float) -> None:
 def stage_pytest(run: Run, result: StageResult, deadline: float) -> None:
     junit = run.work / "pytest.xml"
     paths = ["tests/bench/test_peak.py", "tests/engines/test_torch_engine.py"] if run.dry else ["tests"]
-    argv = [run.python, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
+    argv = [run.python, "-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider",
             f"--junitxml={junit}", *paths]
     record = run.command(result, argv, deadline=deadline)
+    text = "".join(result.data.pop("_texts", []))
     summary = parse_junit(junit)
-    result.data = {"junit": str(junit), "summary": summary}
+    result.data = {"junit": str(junit), "summary": summary, "outcomes_from_log": outcomes_from_log(text)}
     if record["timed_out"]:
         result.status, result.reason = "timeout", "pytest ran past its share; the junit file is what finished"
     elif record["rc"] in (0, 5):   # 5: nothing collected (all deselected)
@@ -307,6 +316,22 @@ def parse_junit(path: Path) -> dict[str, Any]:
     return {"present": True, **counts, "failed": failed, "skipped_tests": skipped[:100]}
 
 
+PYTEST_LINE = re.compile(r"^(?P<test>\S+::\S+) (?P<outcome>PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+
+
+def outcomes_from_log(text: str) -> dict[str, Any]:
+    """Per-test outcomes from `pytest -v` lines (what a killed pytest had finished)."""
+    outcomes: dict[str, str] = {}
+    for line in text.splitlines():
+        match = PYTEST_LINE.match(line.strip())
+        if match:
+            outcomes[match["test"]] = match["outcome"]
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return {"counts": counts, "failed": sorted(t for t, o in outcomes.items() if o in ("FAILED", "ERROR"))}
+
+
 def _junit_line(summary: dict[str, Any]) -> str:
     if not summary.get("present"):
         return "no junit file"
@@ -318,13 +343,13 @@ def bench_args(run: Run, stage: str) -> list[str]:
     """`fertk bench` options of a bench stage (GPU sizes, or tiny CPU ones under --dry-run)."""
     if run.dry:
         # CUDA backends are listed so their "no CUDA" rows show up; bf16 on the FER CNN only.
-        common = ["--budget-s", "0.05", "--max-call-s", "2", "--scale", "small"]
+        common = ["--budget-s", "0.05", "--max-call-s", "2", "--scale", "small", "--threads", "1"]
         return {
             "bench-fer": ["--models", "fer-cnn:paper", "--backends", "torch-cpu,torch-cuda,torch-cuda-graphs,ort-cuda,trt",
                           "--batches", "1,2", "--precisions", "fp32,bf16", *common],
             "bench-gan-pipeline": ["--models", "pipeline:gan", "--backends", "torch-cpu,hand-loop-cpu,torch-cuda",
                                    "--batches", "1", "--precisions", "fp32", *common],
-            "bench-procedural-synth": ["--models", "pipeline:procedural,synth:procedural,synth:gan", "--backends",
+            "bench-procedural-synth": ["--models", "pipeline:procedural,synth:procedural", "--backends",
                                        "torch-cpu", "--batches", "2", "--precisions", "fp32", *common],
             "bench-gan-parts": ["--models", "stargan,stylegan2", "--backends", "torch-cpu", "--batches", "1",
                                 "--precisions", "fp32", *common],

@@ -96,6 +96,16 @@ def test_junit_summary(tmp_path: Path) -> None:
     assert run_gpu.parse_junit(tmp_path / "absent.xml") == {"present": False}
 
 
+def test_pytest_outcomes_from_verbose_lines() -> None:
+    text = ("tests/a.py::test_one PASSED                 [ 33%]\n"
+            "tests/a.py::test_two[cuda] FAILED           [ 66%]\n"
+            "tests/b.py::test_trt SKIPPED (needs TensorRT) [100%]\n"
+            "FAILED tests/a.py::test_two[cuda] - assert 1\n")
+    got = run_gpu.outcomes_from_log(text)
+    assert got["counts"] == {"PASSED": 1, "FAILED": 1, "SKIPPED": 1}
+    assert got["failed"] == ["tests/a.py::test_two[cuda]"]
+
+
 def test_synth_breakdown_splits_the_wall_time() -> None:
     result = {"seconds": 30.0, "faces_written": 60000, "faces_per_s": 6000.0, "engine_faces_per_s": 15000.0,
               "warmup_seconds": 12.0, "writer_cpu_us_per_face": 40.0}
