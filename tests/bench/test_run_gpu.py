@@ -173,7 +173,9 @@ def test_dry_run_runs_every_stage_within_budget_into_at_most_8_files(tmp_path: P
 
     stages = {s["name"]: s for s in data["stages"]}
     assert list(stages) == STAGE_NAMES
-    assert all(s["status"] in STATUSES and s["seconds"] <= s["limit_s"] + 5 for s in stages.values())
+    # A killed stage may overrun its limit by the kill's grace periods (SIGINT, SIGTERM, SIGKILL).
+    slack = 2 * run_gpu.KILL_GRACE_S + 2
+    assert all(s["status"] in STATUSES and s["seconds"] <= s["limit_s"] + slack for s in stages.values())
     assert not [s for s in stages.values() if s["status"] == "failed"], stages
     # The forced branches: a missing package named with what to carry, a stage killed at 1 s.
     assert stages["env"]["status"] == "partial"
