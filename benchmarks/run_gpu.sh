@@ -32,7 +32,8 @@ if [ ${#wheels[@]} -gt 0 ]; then
         echo "carried wheels: ${wheels[*]##*/} (pip failed: on PYTHONPATH as zip files)"
         for w in "$site"/*.whl; do PYTHONPATH="$PYTHONPATH:$w"; done
     fi
-    # Appended: a package the machine already has wins over a carried one.
+    # PYTHONPATH comes before site-packages: a carried wheel shadows an installed copy, so carry
+    # only what the env stage reports missing.
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 

@@ -187,6 +187,9 @@ def test_dry_run_runs_every_stage_within_budget_into_at_most_8_files(tmp_path: P
         assert stages[name]["status"] in ("ok", "timeout"), stages[name]
     results = data["results"]
     assert results["env"]["report"]["fertk"]["ok"] is True
+    if list((REPO / "benchmarks" / "gpu" / "wheels").glob("*.whl")):   # carried wheels went on the path
+        assert "fertk-wheels-" in results["env"]["report"]["pythonpath"]
+        assert "carried wheels:" in proc.stdout
     if stages["pytest"]["status"] == "ok":   # -m gpu on CPU: collected and skipped with the reason
         summary = results["pytest"]["summary"]
         assert summary["present"] and summary["skipped"] >= 1 and summary["failures"] == 0
