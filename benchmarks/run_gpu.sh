@@ -10,7 +10,7 @@
 #
 # Run from anywhere; it works from the repository root. fertk runs from the checkout
 # (PYTHONPATH=toolkit, `python3 -m fertk`), nothing is installed. Pure-Python wheels put in
-# benchmarks/gpu/wheels/ are unpacked (offline) into a temp dir on PYTHONPATH first.
+# benchmarks/gpu/wheels/ (or $FERTK_GPU_WHEELS) are unpacked (offline) into a temp dir on PYTHONPATH first.
 # PYTHON picks the interpreter (default python3). Outputs go to $OUT, else benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,18 @@ site=""
 cleanup() { [ -n "$site" ] && rm -rf "$site"; }
 trap cleanup EXIT
 shopt -s nullglob
-wheels=(benchmarks/gpu/wheels/*.whl)
+# Carried wheels of distributions this Python lacks. One it already has is left out: PYTHONPATH
+# comes before site-packages, and a shadowed copy breaks the installed one's entry points (seen:
+# pytest loading platformdirs' plugin from a newer installed platformdirs).
+wheels=()
+for w in "${FERTK_GPU_WHEELS:-benchmarks/gpu/wheels}"/*.whl; do
+    dist="$(basename "$w")"; dist="${dist%%-*}"
+    if "$py" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null; then
+        echo "carried wheel ${w##*/} not needed: $dist is installed"
+    else
+        wheels+=("$w")
+    fi
+done
 if [ ${#wheels[@]} -gt 0 ]; then
     site="$(mktemp -d "${TMPDIR:-/tmp}/fertk-wheels-XXXXXX")"
     if "$py" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$site" "${wheels[@]}"; then
@@ -32,8 +43,6 @@ if [ ${#wheels[@]} -gt 0 ]; then
         echo "carried wheels: ${wheels[*]##*/} (pip failed: on PYTHONPATH as zip files)"
         for w in "$site"/*.whl; do PYTHONPATH="$PYTHONPATH:$w"; done
     fi
-    # PYTHONPATH comes before site-packages: a carried wheel shadows an installed copy, so carry
-    # only what the env stage reports missing.
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 

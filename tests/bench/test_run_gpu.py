@@ -126,6 +126,25 @@ def test_committed_shards_of_a_killed_synth_run(tmp_path: Path) -> None:
     assert run_gpu.shard_records(tmp_path / "nothing")["shards"] == 0
 
 
+def test_gpu_bench_stages_ask_for_what_fertk_bench_knows() -> None:
+    """The GPU command lines, never run here, name real models, backends and precisions."""
+    from fertk.bench import BenchConfig
+
+    run = type("FakeRun", (), {"dry": False})()
+    seen_backends = set()
+    for stage in ("bench-fer", "bench-gan-pipeline", "bench-procedural-synth", "bench-gan-parts"):
+        args = run_gpu.bench_args(run, stage)
+        opts = dict(zip(args[::2], args[1::2]))
+        config = BenchConfig(models=opts["--models"].split(","), backends=opts["--backends"].split(","),
+                             batches=[int(b) for b in opts["--batches"].split(",")],
+                             precisions=opts["--precisions"].split(","), budget_s=float(opts["--budget-s"]),
+                             max_call_s=float(opts["--max-call-s"]))
+        seen_backends |= set(config.backends)
+        assert all(b.endswith("cuda") or "cuda-" in b or b in ("ort-trt", "trt") for b in config.backends)
+    assert {"torch-cuda", "torch-cuda-cl", "torch-cuda-graphs", "torch-cuda-compile", "hand-loop-cuda"} <= seen_backends
+    assert "1024" in run_gpu.bench_args(run, "bench-fer")[run_gpu.bench_args(run, "bench-fer").index("--batches") + 1]
+
+
 def test_arguments() -> None:
     args = run_gpu.parse_args(["--dry-run", "--stages", "bench-fer", "--out", "x"])
     assert [s.name for s in args.stage_list] == ["env", "bench-fer"] and args.budget_s == 240.0
@@ -157,7 +176,9 @@ def test_dry_run_runs_every_stage_within_budget_into_at_most_8_files(tmp_path: P
     budget = 300
     proc, wall = _run_script(out, "--dry-run", "--budget-s", str(budget),
                              FERTK_GPU_FORCE_MISSING="platformdirs", FERTK_GPU_FORCE_TIMEOUT="bench-gan-parts")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = [line for line in proc.stdout.splitlines() if line.lstrip("[ 0123456789.s]").startswith(
+        ("== stage", tuple(f"{name}:" for name in STAGE_NAMES)))]
+    assert proc.returncode == 0, "\n".join(summary) + proc.stderr[-3000:]
     assert wall < budget + 30
     files = sorted(p.name for p in out.iterdir())
     assert 3 <= len(files) <= 8 and all((out / f).is_file() for f in files)
@@ -187,9 +208,9 @@ def test_dry_run_runs_every_stage_within_budget_into_at_most_8_files(tmp_path: P
         assert stages[name]["status"] in ("ok", "timeout"), stages[name]
     results = data["results"]
     assert results["env"]["report"]["fertk"]["ok"] is True
-    if list((REPO / "benchmarks" / "gpu" / "wheels").glob("*.whl")):   # carried wheels went on the path
-        assert "fertk-wheels-" in results["env"]["report"]["pythonpath"]
-        assert "carried wheels:" in proc.stdout
+    if list((REPO / "benchmarks" / "gpu" / "wheels").glob("*.whl")):   # installed here: left out
+        assert "not needed: platformdirs is installed" in proc.stdout
+        assert "fertk-wheels-" not in results["env"]["report"]["pythonpath"]
     if stages["pytest"]["status"] == "ok":   # -m gpu on CPU: collected and skipped with the reason
         summary = results["pytest"]["summary"]
         assert summary["present"] and summary["skipped"] >= 1 and summary["failures"] == 0
@@ -206,8 +227,31 @@ def test_dry_run_runs_every_stage_within_budget_into_at_most_8_files(tmp_path: P
         assert results["synth-procedural"]["runs"]["procedural-auto"]["result"]["faces_written"] == 20 * 6
     assert set(data["targets"]) >= {"fer_cnn_fp16_images_per_s", "pipeline_gan_fp16_vs_eager_fp32",
                                     "gan_identities_per_s_best", "flop_limit_identities_per_s"}
+    if stages["bench-gan-pipeline"]["status"] == "ok":   # FLOPs per identity over the measured peak
+        assert data["targets"]["flop_limit_identities_per_s"] > 0
+        assert data["targets"]["pipeline_gan_vs_hand_loop"] > 0
     log = (out / f"{stem}.log").read_text()
     assert "== stage bench-fer" in log and "TIMED OUT" in log
+
+
+def _make_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel (module `name` with VALUE = 42), RECORD hashes included."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": b"VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: fertk-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in files.items()) + f"{info}/RECORD,,\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in files.items():
+            zf.writestr(member, data)
+        zf.writestr(f"{info}/RECORD", record)
+    return path
 
 
 def test_without_a_gpu_the_gpu_stages_skip_with_the_reason(tmp_path: Path) -> None:
@@ -217,9 +261,18 @@ def test_without_a_gpu_the_gpu_stages_skip_with_the_reason(tmp_path: Path) -> No
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the real run would start")
     out = tmp_path / "out"
-    proc, _ = _run_script(out, "--budget-s", "90", "--stages", "env,pytest,synth-gan")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _make_wheel(wheels, "fertk_probe_wheel", "0.1")       # missing here: installed offline
+    _make_wheel(wheels, "pytest", "0.0.1")                # installed here: left out, never shadows
+    proc, _ = _run_script(out, "--budget-s", "90", "--stages", "env,pytest,synth-gan",
+                          FERTK_GPU_WHEELS=str(wheels))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "carried wheels: fertk_probe_wheel-0.1-py3-none-any.whl (installed offline" in proc.stdout
+    assert "carried wheel pytest-0.0.1-py3-none-any.whl not needed: pytest is installed" in proc.stdout
     data = _report(out)
+    site = next(p for p in data["env"]["pythonpath"].split(os.pathsep) if "fertk-wheels-" in p)
+    assert site  # the temp dir the wheel went into (removed when the script ends)
     stages = {s["name"]: s for s in data["stages"]}
     assert list(stages) == ["env", "pytest", "synth-gan"]
     assert stages["env"]["status"] == "partial"                     # CUDA is the missing piece
