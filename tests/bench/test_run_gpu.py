@@ -177,7 +177,7 @@ def test_dry_run_runs_every_stage_within_budget_into_at_most_8_files(tmp_path: P
     proc, wall = _run_script(out, "--dry-run", "--budget-s", str(budget),
                              FERTK_GPU_FORCE_MISSING="platformdirs", FERTK_GPU_FORCE_TIMEOUT="bench-gan-parts")
     summary = [line for line in proc.stdout.splitlines() if line.lstrip("[ 0123456789.s]").startswith(
-        ("== stage", tuple(f"{name}:" for name in STAGE_NAMES)))]
+        ("== stage", *(f"{name}:" for name in STAGE_NAMES)))]
     assert proc.returncode == 0, "\n".join(summary) + proc.stderr[-3000:]
     assert wall < budget + 30
     files = sorted(p.name for p in out.iterdir())
