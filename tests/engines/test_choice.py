@@ -92,3 +92,25 @@ def test_synth_plan_on_cpu_keeps_what_was_asked() -> None:
     asked = plan_generation(pipeline, backend="ort", device="cpu", precision="fp16", batch=3, compile=None,
                             max_batch=10)
     assert (asked.backend, asked.precision, asked.batch) == ("ort", "fp16", 3)
+
+
+def test_parity_vs_fp32_counts_grey_levels(tmp_path) -> None:
+    """The card's parity record (computed on the GPU for auto's engine): zero for the same engine,
+    measured grey levels for a reduced-precision one; run here on CPU with a small GAN graph."""
+    from fertk.bench.models import BuildContext, gan_weight_files
+    from fertk.engines import open_engine
+    from fertk.export.pipeline import PipelineConfig, build_pipeline
+    from fertk.synth.engines import parity_vs_fp32
+
+    g_path, t_path = gan_weight_files(BuildContext(tmp_path, scale="small"))
+    pipeline = build_pipeline(PipelineConfig(generator="stylegan2", generator_weights=str(g_path),
+                                             translator="stargan", translator_weights=str(t_path)))
+    specs = {"input_specs": pipeline.input_specs, "output_specs": pipeline.output_specs}
+    with open_engine(pipeline, backend="torch", device="cpu", precision="fp32", **specs) as same:
+        report = parity_vs_fp32(pipeline, same, "cpu", batch=6)
+    assert report["identities"] == 4 and report["reference"] == "torch eager fp32 on cpu"
+    assert report["max_abs_grey_levels"] == 0 and report["share_off_by_more_than_1"] == 0.0
+    with open_engine(pipeline, backend="torch", device="cpu", precision="bf16", **specs) as reduced:
+        low = parity_vs_fp32(pipeline, reduced, "cpu", batch=6)
+    assert 0 <= low["mean_abs_grey_levels"] <= low["max_abs_grey_levels"] <= 255
+    assert low["max_abs_grey_levels"] > 0   # bf16 keeps 8 mantissa bits: some pixel moves
