@@ -16,6 +16,10 @@ first into the artifact cache (keyed by a hash of weights + config + specs), the
 TensorRT first on GPUs (fused kernels, fp16/int8); on CPU onnxruntime before torch because on the
 dev machines the Table-1 CNN measured ~290-345 img/s under ORT against ~95-133 (eager) and
 ~155-268 (torch.compile) under torch. A backend that cannot run says why (`backend_report`).
+
+The fused generation graph (`fertk synth --backend auto`) decides one step earlier, in
+`fertk.engines.choice.choose_generation`: on CUDA without TensorRT it opens the torch backend
+compiled + CUDA graphs in fp16/bf16 at a batch sized from free memory; otherwise this order.
 """
 
 from __future__ import annotations

@@ -28,6 +28,98 @@ def open_generation_engine(module: torch.nn.Module, *, backend: str, device: str
                  input_specs=module.input_specs, output_specs=module.output_specs, **opts)
 
 
+def plan_generation(module: torch.nn.Module, *, backend: str, device: str, precision: str, batch: int | None,
+                    compile: bool | None, max_batch: int) -> Any:
+    """The GenerationChoice for this run: `--backend auto` decides (fertk.engines.choice); another
+    backend keeps what was asked (precision "auto" → fp32, batch None → the default)."""
+    import importlib.util
+
+    from fertk.engines.choice import DEFAULT_BATCH, GenerationChoice, choose_generation
+    from fertk.engines.torch_engine import fp32_only
+
+    if backend != "auto":
+        chosen = "fp32" if precision == "auto" else precision
+        size = batch if batch is not None else DEFAULT_BATCH
+        return GenerationChoice(backend, chosen, size, {}, reason=f"--backend {backend}",
+                                batch_reason="given" if batch is not None else f"default {DEFAULT_BATCH}")
+    precisions = ("fp32",) if fp32_only(module) else ("fp32", "fp16", "bf16")
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    tensorrt = importlib.util.find_spec("tensorrt") is not None
+    free = per_identity = None
+    if on_gpu and not tensorrt and batch is None:
+        first = choose_generation(device=device, tensorrt=False, precisions=precisions, precision=precision,
+                                  batch=1, compile=compile)
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        per_identity = measure_bytes_per_identity(module, device, first.precision)
+    return choose_generation(device=device, tensorrt=tensorrt, precisions=precisions, precision=precision, batch=batch,
+                             free_bytes=free, bytes_per_identity=per_identity, compile=compile, max_batch=max_batch)
+
+
+def measure_bytes_per_identity(module: torch.nn.Module, device: str, precision: str) -> int | None:
+    """Peak CUDA memory per identity of one eager call, from calls at 2 and 8 identities (the slope;
+    the larger call's per-identity peak when the slope is not positive). None if it cannot run."""
+    from fertk.engines.torch_engine import TorchEngine
+
+    try:
+        engine = TorchEngine(module, module.input_specs, module.output_specs, device=device, precision=precision)
+    except Exception:  # noqa: BLE001 - the batch then falls back to the default; the real open reports errors
+        return None
+    peaks = {}
+    try:
+        for size in (2, 8):
+            inputs = _seeded_inputs(module, size, seed=0)
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            engine.run({k: torch.as_tensor(v, device=device) for k, v in inputs.items()})
+            torch.cuda.synchronize(device)
+            peaks[size] = torch.cuda.max_memory_allocated(device) - base
+    except Exception:  # noqa: BLE001 - e.g. out of memory at 8: no estimate
+        return None
+    finally:
+        engine.close()
+        torch.cuda.empty_cache()
+    slope = (peaks[8] - peaks[2]) / 6
+    return int(slope if slope > 0 else max(1, peaks[8] // 8))
+
+
+def _seeded_inputs(module: torch.nn.Module, size: int, seed: int) -> dict[str, np.ndarray]:
+    """Latents of the graph's kind and full intensities for `size` identities."""
+    rng = np.random.default_rng(seed)
+    dim = int(module.latent_dim)
+    if getattr(module, "latent_kind", "normal") == "uniform":
+        latent = rng.random((size, dim), dtype=np.float32)
+    else:
+        latent = rng.standard_normal((size, dim), dtype=np.float32)
+    count = len(module.emotions)
+    return {"latent": latent, "intensity": np.ones((size, count), np.float32)}
+
+
+def parity_vs_fp32(module: torch.nn.Module, engine: Engine, device: str, batch: int, *,
+                   identities: int = 4, seed: int = 4242) -> dict[str, Any]:
+    """Faces of the chosen engine against torch eager fp32 on the same device, on seeded inputs.
+
+    The engine is called at `batch` identities (its compiled / captured shape), the reference on
+    the first `identities` of them. Grey levels: max and mean absolute difference, share of pixels
+    off by more than one level.
+    """
+    from fertk.engines.torch_engine import TorchEngine
+
+    inputs = _seeded_inputs(module, batch, seed)
+    got = np.asarray(engine.run(inputs)["faces"])[:identities].astype(np.int16)
+    reference_engine = TorchEngine(module, module.input_specs, module.output_specs, device=device, precision="fp32")
+    try:
+        few = {k: v[:identities] for k, v in inputs.items()}
+        want = np.asarray(reference_engine.run(few)["faces"]).astype(np.int16)
+    finally:
+        reference_engine.close()
+    diff = np.abs(got - want[: len(got)])
+    return {"reference": f"torch eager fp32 on {device}", "identities": int(len(got)), "seed": seed,
+            "max_abs_grey_levels": int(diff.max()) if diff.size else 0,
+            "mean_abs_grey_levels": round(float(diff.mean()), 4) if diff.size else 0.0,
+            "share_off_by_more_than_1": round(float((diff > 1).mean()), 6) if diff.size else 0.0}
+
+
 def _open(module: torch.nn.Module, **kwargs: Any) -> Engine:
     from fertk.engines import open_engine
 

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,8 @@ class SynthOptions:
     judge: str | None = None               # judge for the card's `judge` block + DIR/report (synth.report)
     backend: str = "torch"
     device: str = "cpu"
-    precision: str = "fp32"
-    batch: int = 128                       # identities per engine call
+    precision: str = "fp32"                # "auto": fp32, or what --backend auto picks on a GPU
+    batch: int | None = 128                # identities per engine call; None: the default, or sized by --backend auto
     workers: int = 1                       # encode threads
     compile: bool | None = None            # torch.compile the graph; None: when worth it (see _compile_choice)
     preview: str | None = None
@@ -105,7 +105,7 @@ class SynthOptions:
                                          else tuple(self.intensity))
         if self.format not in FORMATS:
             raise InvalidInputError(f"unknown --format {self.format!r}", hint="choose one of " + ", ".join(FORMATS))
-        if self.batch < 1:
+        if self.batch is not None and self.batch < 1:
             raise InvalidInputError(f"--batch must be at least 1, got {self.batch}")
         if self.workers < 1:
             raise InvalidInputError(f"--workers must be at least 1, got {self.workers}")
@@ -464,13 +464,18 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
 
     # Everything that can fail on bad input fails here, before any shard work.
     from fertk.export.pipeline import build_pipeline
-    from fertk.synth.engines import FaceScorer, open_generation_engine, resolve_device
+    from fertk.synth.engines import FaceScorer, open_generation_engine, parity_vs_fp32, plan_generation, resolve_device
 
     pipeline = build_pipeline(options.pipeline_config())
     device = resolve_device(options.device, local_rank, world)
+    # --backend auto picks engine, precision and batch here (the recorded precision is the one used).
+    choice = plan_generation(pipeline, backend=options.backend, device=device, precision=options.precision,
+                             batch=options.batch, compile=options.compile, max_batch=min(plan.shard_size, plan.n))
+    if (choice.precision, choice.batch) != (options.precision, options.batch):
+        options = replace(options, precision=choice.precision, batch=choice.batch)
     # StyleGAN2 layers marked fp16 run in half precision only where that pays (torch on CUDA).
     fp16_layers = pipeline.set_fp16_layers(device=device, precision=options.precision,
-                                           target="torch" if options.backend == "torch" else "export")
+                                           target="torch" if choice.backend == "torch" else "export")
     hashes = _weights_hashes(options)
     record = {
         "format_version": FORMAT_VERSION,
@@ -490,7 +495,10 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     todo = [s for s in mine if not shard_done(layout, s.index, fingerprint)]
     compiled, compile_reason = _compile_choice(options, sum(s.identities for s in todo) * len(plan.emotions))
     engine_opts = {"compile": True} if compiled else {}
-    engine = open_generation_engine(pipeline, backend=options.backend, device=device, precision=options.precision,
+    if choice.options:  # auto on a GPU: compiled and/or CUDA graphs, fixed shapes
+        engine_opts, compiled, compile_reason = dict(choice.options), bool(choice.options.get("compile")), choice.reason
+    static_shapes = compiled or bool(engine_opts.get("cuda_graphs"))
+    engine = open_generation_engine(pipeline, backend=choice.backend, device=device, precision=options.precision,
                                     **engine_opts)
     scorer = None
     try:
@@ -498,7 +506,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             scorer = FaceScorer(options.filter, backend=options.backend, device=device, precision=options.precision)
         # A compiled engine gets fixed-size calls (a shard's last batch is padded): one compiled shape,
         # no recompilation per odd batch size.
-        pad_to = min(options.batch, plan.shard_size) if compiled else None
+        pad_to = min(options.batch, plan.shard_size) if static_shapes else None
         generator = _Generator(plan, pipeline, engine, scorer, options, pad_to)
         for shard in todo:  # leftovers of a killed run are discarded: the shard is redone whole
             remove_shard(layout, shard.index, identities=range(shard.start, shard.stop), emotions=plan.emotions)
@@ -521,10 +529,13 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             report(True)
 
         warmup_seconds = 0.0
-        if compiled and todo:  # build the compiled graph before the clock starts (reported apart)
+        if static_shapes and todo:  # build the compiled graph before the clock starts (reported apart)
             tic = time.perf_counter()
             generator.warmup()
             warmup_seconds = round(time.perf_counter() - tic, 3)
+        parity = None
+        if choice.options and todo:  # auto's GPU engine against eager fp32, recorded in the card
+            parity = parity_vs_fp32(pipeline, engine, device, pad_to or options.batch)
         writer = _Writer(layout, (side, side), options.workers, on_commit)
         writer.start()
         engine_start, engine_items = engine.stats.seconds, engine.stats.items
@@ -565,7 +576,10 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         report(True)
         engine_seconds = engine.stats.seconds - engine_start
         engine_faces = (engine.stats.items - engine_items) * len(plan.emotions)  # filter retries included
-        engine_desc = {**engine.describe(), "compile_reason": compile_reason, "fp16_layers": fp16_layers}
+        engine_desc = {**engine.describe(), "compile_reason": compile_reason, "choice": choice.to_dict(),
+                       "fp16_layers": fp16_layers}
+        if parity is not None:
+            engine_desc["parity_vs_fp32"] = parity
         filter_stats = None
         if scorer is not None:
             filter_stats = {"threshold": options.filter_threshold, "attempts": generator.attempts,
