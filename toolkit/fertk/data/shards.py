@@ -75,8 +75,17 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise _io_error(path, exc) from None
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary file if it can be (its folder may be gone or a file now): cleanup never
+    replaces the error that caused it."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -106,7 +115,7 @@ def create_json_exclusive(path: Path, data: Any) -> bool:
     except OSError as exc:
         raise _io_error(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -593,7 +602,7 @@ def merge_manifest(layout: DatasetLayout, num_shards: int, fingerprint: str | No
             os.fsync(out.fileno())
         os.replace(tmp, layout.manifest_path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise _io_error(layout.manifest_path, exc) from None
     return True
 
