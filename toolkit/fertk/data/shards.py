@@ -3,9 +3,11 @@ per-shard records that mark a shard finished, verification, and `read_arrays` fo
 
 Layout of a dataset directory (every format):
 
-    .fertk/options.json          what the dataset is (options + seed plan); written first
+    .fertk/options.json          what the dataset is (options + seed plan) and the execution
+                                 choices that decide its bytes; written first (created exclusively)
     .fertk/records/shard-NNNNNN.json   written last, by rename: its presence means "shard done";
-                                 it holds the size and sha256 of every file of the shard
+                                 it holds the size and sha256 of every file of the shard and
+                                 the execution choices it was made under
     .fertk/manifest/shard-NNNNNN.csv   the shard's manifest rows (no header)
     manifest.csv                 all rows in shard order, merged once every shard is done
     dataset_card.json            models, hashes, engine, versions, counts, timing
