@@ -64,3 +64,63 @@ def test_help_lists_the_options():
     assert result.exit_code == 0
     for flag in ("--n", "--out", "--format", "--filter", "--preview", "--backend", "verify"):
         assert flag in result.output
+
+
+def test_json_before_verify_applies_to_verify(tmp_path):
+    out = tmp_path / "d"
+    assert runner.invoke(app, ["synth", "-n", "2", "--out", str(out)]).exit_code == 0
+    checked = runner.invoke(app, ["synth", "--json", "verify", str(out)])
+    assert checked.exit_code == 0, checked.output
+    data = json.loads(checked.stdout)
+    assert data["ok"] is True and data["shards"] == 1 and data["notes"] == []
+
+
+def test_help_usage_does_not_demand_a_subcommand():
+    result = runner.invoke(app, ["synth", "--help"])
+    assert result.exit_code == 0
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "fertk synth [OPTIONS] [COMMAND [ARGS]...]" in usage, usage
+
+
+def test_resume_with_another_backend_is_one_line_error(tmp_path):
+    out = tmp_path / "d"
+    assert runner.invoke(app, ["synth", "-n", "4", "--shard-size", "2", "--out", str(out)]).exit_code == 0
+    (out / ".fertk" / "records" / "shard-000001.json").unlink()
+    refused = runner.invoke(app, ["synth", "-n", "4", "--shard-size", "2", "--out", str(out), "--backend", "ort"])
+    assert refused.exit_code == 2, refused.output
+    assert "error: " in refused.stderr and "(--backend)" in refused.stderr and "Traceback" not in refused.output
+    assert "--force" in refused.stderr
+    resumed = runner.invoke(app, ["synth", "-n", "4", "--shard-size", "2", "--out", str(out), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["engine"]["execution"]["backend"] == "torch"
+
+
+def test_preview_that_fails_after_the_run_exits_1_with_the_dataset_kept(tmp_path):
+    import threading
+    import time
+
+    out, folder = tmp_path / "d", tmp_path / "previews"
+    folder.mkdir()
+    records = out / ".fertk" / "records"
+    stop = threading.Event()
+
+    def pull_the_folder() -> None:  # once the first shard is committed, the preview's folder goes
+        while not stop.is_set():
+            if records.is_dir() and any(records.glob("*.json")):
+                folder.rmdir()
+                folder.write_text("now a file")
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=pull_the_folder, daemon=True)
+    watcher.start()
+    try:
+        result = runner.invoke(app, ["synth", "-n", "30", "--shard-size", "3", "--batch", "3", "--out", str(out),
+                                     "--preview", str(folder / "grid.png")])
+    finally:
+        stop.set()
+        watcher.join()
+    assert folder.is_file(), "the watcher did not act before the run ended"
+    assert result.exit_code == 1, result.output
+    assert "preview not written" in result.stderr and "Traceback" not in result.output
+    assert "manifest:" in result.stdout and (out / "manifest.csv").is_file() and (out / "dataset_card.json").is_file()

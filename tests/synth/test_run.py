@@ -86,7 +86,7 @@ def test_different_options_are_refused_unless_forced(tmp_path):
         run_synth(_opts(out, format="folder", seed=1))
     with pytest.raises(OutputExistsError, match="--emotions/--neutral"):
         run_synth(_opts(out, format="folder", neutral=True))
-    # Execution choices do not change the data and are accepted.
+    # Execution choices that do not change bytes (eager torch: batch; encode workers) are accepted.
     assert run_synth(_opts(out, format="folder", batch=5, workers=2)).shards_skipped == 3
     forced = run_synth(_opts(out, format="npy", n=5, emotions=("anger", "fear"), force=True))
     assert forced.complete and forced.faces == 10

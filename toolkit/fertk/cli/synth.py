@@ -14,6 +14,8 @@ synth_app = typer.Typer(
     help="Generate a balanced labelled face dataset (identities × emotions), or `verify` one.",
     invoke_without_command=True,
     no_args_is_help=False,
+    # Generation needs no subcommand: say so in the usage line (click's default reads as if one were required).
+    subcommand_metavar="[COMMAND [ARGS]...]",
 )
 app.add_typer(synth_app, name="synth")
 
@@ -35,7 +37,7 @@ def synth(
     fmt: str = typer.Option("wds", "--format", help="wds (WebDataset tar shards), folder (ImageFolder PNG tree) or npy (memory-mappable arrays).", rich_help_panel=_OUT),
     shard_size: int = typer.Option(1000, "--shard-size", help="Identities per shard (× emotions faces).", rich_help_panel=_OUT),
     size: int = typer.Option(64, "--size", help="Side of the output faces in pixels.", rich_help_panel=_OUT),
-    preview: Optional[Path] = typer.Option(None, "--preview", help="Also save an identities × emotions grid PNG here.", rich_help_panel=_OUT),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Also save an identities × emotions grid PNG here (checked before any work, written last; if writing it fails the dataset is kept and the exit code is 1).", rich_help_panel=_OUT),
     force: bool = typer.Option(False, "--force", help="Replace a dataset in --out made with different options.", rich_help_panel=_OUT),
     generator: str = typer.Option("procedural", "--generator", help="procedural (embedded, no weights) or stylegan2 (+ StarGAN).", rich_help_panel=_GEN),
     generator_weights: Optional[Path] = typer.Option(None, "--generator-weights", help="StyleGAN2 generator weights.", rich_help_panel=_GEN),
@@ -45,12 +47,12 @@ def synth(
     style: str = typer.Option("studio", "--style", help="Procedural capture style (studio, natural).", rich_help_panel=_GEN),
     framing: str = typer.Option("face", "--framing", help="Procedural framing: face (forehead to chin, the paper's crop) or portrait (head and shoulders).", rich_help_panel=_GEN),
     crop: Optional[str] = typer.Option(None, "--crop", help="Face box TOP,LEFT,HEIGHT,WIDTH as fractions of the generator image (default per generator).", rich_help_panel=_GEN),
-    backend: str = typer.Option("torch", "--backend", help="Engine backend: torch, ort, trt or auto.", rich_help_panel=_RUN),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (under torchrun each rank takes its LOCAL_RANK GPU).", rich_help_panel=_RUN),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Engine backend: torch, ort, trt or auto (default: torch; a resume: the dataset's).", rich_help_panel=_RUN),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu; a resume: the dataset's kind; under torchrun each rank takes its LOCAL_RANK GPU).", rich_help_panel=_RUN),
     precision: str = typer.Option("auto", "--precision", help="fp32, fp16, bf16 or auto (fp32; with --backend auto on a GPU without TensorRT: fp16 where the model offers it).", rich_help_panel=_RUN),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Identities per engine call (default 128; with --backend auto on a GPU: sized from free memory).", rich_help_panel=_RUN),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Identities per engine call (default 128; a resume keeps the dataset's where the batch changes bytes: compiled or GAN graphs).", rich_help_panel=_RUN),
     workers: int = typer.Option(1, "--workers", help="PNG encoding threads.", rich_help_panel=_RUN),
-    compile_graph: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the graph (default: when ≥ 30,000 faces are to be made and a C++ compiler is present).", rich_help_panel=_RUN),
+    compile_graph: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the graph (default: a new dataset of ≥ 30,000 faces per process compiles when a C++ compiler is present; a resume does what the dataset's first run did).", rich_help_panel=_RUN),
     filter_model: Optional[str] = typer.Option(None, "--filter", help="Judge (fer-mini-xception, a Keras .h5, an .onnx + .judge.json card, or fertk FER weights): regenerate identities whose expressions it does not recognise.", rich_help_panel=_FILT),
     filter_threshold: float = typer.Option(0.5, "--filter-threshold", help="Minimum judge probability of the intended emotion.", rich_help_panel=_FILT),
     filter_attempts: int = typer.Option(8, "--filter-attempts", help="Attempts per identity before keeping the best one.", rich_help_panel=_FILT),
@@ -62,6 +64,7 @@ def synth(
     Example: fertk synth --n 1000 --out faces
     """
     if ctx.invoked_subcommand is not None:
+        ctx.ensure_object(dict)["json"] = json_output  # `fertk synth --json verify DIR` means verify --json
         return
     if n is None or out_dir is None:
         raise typer.BadParameter("--n and --out are required (e.g. fertk synth --n 1000 --out faces)")
@@ -89,8 +92,14 @@ def synth(
     result = _run_with_progress(options, run_synth)
     if json_output:
         print_json(result.to_dict())
-        return
-    _render(result)
+    else:
+        _render(result)
+    if result.preview_error:
+        # The dataset, manifest and card are written; only the optional preview is missing.
+        err.print(f"[bold red]error:[/] preview not written: {result.preview_error}", highlight=False)
+        err.print("[dim]hint:[/] the dataset is complete; rerun the same command with a writable --preview "
+                  "to make the grid (finished shards are kept)", highlight=False)
+        raise typer.Exit(1)
 
 
 def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
@@ -156,12 +165,15 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
 
 @synth_app.command("verify")
 def verify(
+    ctx: typer.Context,
     directory: Path = typer.Argument(..., help="A dataset directory made by `fertk synth`."),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Check every shard against its record (size, sha256) and the manifest."""
+    """Check every shard against its record (size, sha256), the manifest and the dataset's recorded
+    execution choices (shards made with another backend / compile / device differ in bytes)."""
     from fertk.synth import verify_dataset
 
+    json_output = json_output or bool((ctx.obj or {}).get("json"))
     report = verify_dataset(directory)
     if json_output:
         print_json(report.to_dict())
@@ -170,5 +182,7 @@ def verify(
         out.print(f"{report.root} ({report.format}): {report.shards} shards, {report.faces:,} faces checked: {status}")
         for problem in report.problems:
             out.print(f"  - {problem}", highlight=False)
+        for note in report.notes:
+            out.print(f"  note: {note}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)

@@ -3,9 +3,11 @@ per-shard records that mark a shard finished, verification, and `read_arrays` fo
 
 Layout of a dataset directory (every format):
 
-    .fertk/options.json          what the dataset is (options + seed plan); written first
+    .fertk/options.json          what the dataset is (options + seed plan) and the execution
+                                 choices that decide its bytes; written first (created exclusively)
     .fertk/records/shard-NNNNNN.json   written last, by rename: its presence means "shard done";
-                                 it holds the size and sha256 of every file of the shard
+                                 it holds the size and sha256 of every file of the shard and
+                                 the execution choices it was made under
     .fertk/manifest/shard-NNNNNN.csv   the shard's manifest rows (no header)
     manifest.csv                 all rows in shard order, merged once every shard is done
     dataset_card.json            models, hashes, engine, versions, counts, timing
@@ -28,6 +30,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,13 +77,47 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise _io_error(path, exc) from None
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary file if it can be (its folder may be gone or a file now): cleanup never
+    replaces the error that caused it."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Pretty, key-sorted JSON written atomically."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def create_json_exclusive(path: Path, data: Any) -> bool:
+    """Write JSON to `path` only if no file is there yet (all or nothing); False when one already was.
+
+    The complete file is written aside and hard-linked into place: of several processes creating
+    the same file at once exactly one wins, and no reader ever sees a partial file. On a file
+    system without hard links it falls back to a rename (last writer wins)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network / FAT file systems)
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        raise _io_error(path, exc) from None
+    finally:
+        _unlink_quietly(tmp)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -517,9 +554,11 @@ def options_fingerprint(record: dict[str, Any]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def shard_done(layout: DatasetLayout, shard: int, fingerprint: str | None = None) -> bool:
-    """A shard is finished when its record exists (made under `fingerprint`, when given) and its
-    files have the recorded sizes."""
+def shard_done(layout: DatasetLayout, shard: int, fingerprint: str | None = None,
+               execution: dict[str, Any] | None = None) -> bool:
+    """A shard is finished when its record exists (made under `fingerprint` and, when the record
+    holds them, the byte-affecting `execution` choices, when given) and its files have the recorded
+    sizes. Records from before execution choices were recorded count as made under any."""
     path = layout.record_path(shard)
     if not path.is_file():
         return False
@@ -528,6 +567,8 @@ def shard_done(layout: DatasetLayout, shard: int, fingerprint: str | None = None
     except (OSError, ValueError):
         return False
     if fingerprint is not None and record.get("fingerprint") != fingerprint:
+        return False
+    if execution is not None and "execution" in record and record["execution"] != execution:
         return False
     if layout.fmt == "folder":  # per-file sizes are checked by verify; stat-ing 6 000 files here is waste
         return layout.manifest_part_path(shard).is_file()
@@ -563,9 +604,62 @@ def merge_manifest(layout: DatasetLayout, num_shards: int, fingerprint: str | No
             os.fsync(out.fileno())
         os.replace(tmp, layout.manifest_path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise _io_error(layout.manifest_path, exc) from None
     return True
+
+
+def remove_stale_temps(layout: DatasetLayout, shard: int) -> int:
+    """Delete the temporary files a killed writer of `shard` can leave (record, manifest part and
+    data files, any process id); only the shard's owner may call this. Returns how many went."""
+    name = shard_name(shard)
+    patterns = [(layout.meta / "records", f".{name}.json.*.tmp"), (layout.meta / "manifest", f".{name}.csv.*.tmp")]
+    if layout.fmt != "folder":
+        patterns.append((layout.root / "shards", f".{name}.*.tmp"))      # labels.npy written atomically
+        patterns.append((layout.root / "shards", f"{name}.*.tmp"))       # streamed tar / npy
+    removed = 0
+    for folder, pattern in patterns:
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def remove_stale_dataset_temps(layout: DatasetLayout, *, min_age_s: float = 0.0, live: Any = None) -> int:
+    """Delete dataset-level temporary files (options, manifest, card) whose writer process is gone
+    and that were last written at least `min_age_s` ago.
+
+    `live(pid) -> bool` says whether a process id may still be writing; the default asks this
+    host's process table, which knows nothing of other hosts: where another host may write into
+    the same directory, pass a `min_age_s` no live write lasts."""
+    def alive(pid: int) -> bool:
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # exists, owned by someone else
+            return True
+        return True
+
+    live = live or alive
+    removed = 0
+    for folder, stem in ((layout.root, MANIFEST_FILE), (layout.root, CARD_FILE), (layout.meta, OPTIONS_FILE)):
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(f".{stem}.*.tmp"):
+            pid = path.name[len(stem) + 2:-len(".tmp")]
+            try:
+                age = time.time() - path.stat().st_mtime
+            except OSError:
+                continue
+            if pid.isdigit() and not live(int(pid)) and age >= min_age_s:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def remove_shard(layout: DatasetLayout, shard: int, *, identities: range | None = None,
@@ -696,6 +790,7 @@ class VerifyReport:
     shards: int
     faces: int
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # facts that are not problems (e.g. unchecked old shards)
 
     @property
     def ok(self) -> bool:
@@ -705,7 +800,36 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
         return {"root": self.root, "format": self.format, "shards": self.shards, "faces": self.faces,
-                "ok": self.ok, "problems": list(self.problems)}
+                "ok": self.ok, "problems": list(self.problems), "notes": list(self.notes)}
+
+
+def describe_execution(execution: dict[str, Any]) -> str:
+    """'backend torch, compile on, device cpu, batch 128' (batch only where it changes bytes)."""
+    parts = [f"backend {execution.get('backend')}"
+             + (f" ({execution['provider']})" if execution.get("provider") else ""),
+             f"compile {'on' if execution.get('compile') else 'off'}", f"device {execution.get('device')}"]
+    if execution.get("batch") is not None:
+        parts.append(f"batch {execution['batch']}")
+    return ", ".join(parts)
+
+
+def _execution_problems(options: dict[str, Any], records: dict[int, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Shards made under byte-affecting execution choices other than the dataset's (or each other's)."""
+    expected = options.get("execution")
+    recorded = {s: r["execution"] for s, r in records.items() if "execution" in r}
+    problems, notes = [], []
+    if expected is None and recorded:
+        expected = recorded[min(recorded)]  # options.json predates the record: shards must agree among themselves
+    for s, execution in sorted(recorded.items()):
+        if execution != expected:
+            problems.append(f"{shard_name(s)}: made with {describe_execution(execution)}, the dataset with "
+                            f"{describe_execution(expected)} (shards made both ways differ in bytes; "
+                            "`fertk synth ... --force` rebuilds)")
+    legacy = len(records) - len(recorded)
+    if legacy:
+        notes.append(f"{legacy} shard(s) predate recorded execution choices (backend, compile, device): "
+                     "whether they were made the same way cannot be checked")
+    return problems, notes
 
 
 def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
@@ -720,6 +844,7 @@ def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
     problems = report.problems
     col = {name: i for i, name in enumerate(MANIFEST_COLUMNS)}
     merged_rows = 0
+    records: dict[int, dict[str, Any]] = {}
     for s in range(num_shards):
         if len(problems) >= max_problems:
             problems.append("... (stopped after too many problems)")
@@ -732,6 +857,7 @@ def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
         if "fingerprint" in record and record["fingerprint"] != fingerprint:
             problems.append(f"{shard_name(s)}: made with other options (fingerprint {record['fingerprint']})")
             continue
+        records[s] = record
         for rel, info in record["files"].items():
             target = layout.root / rel
             if not target.is_file():
@@ -757,6 +883,8 @@ def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
         merged_rows += len(rows)
         report.faces += len(rows)
         problems.extend(_verify_contents(layout, s, rows, record, col))
+    mixed, report.notes = _execution_problems(options, records)
+    problems.extend(mixed)
     if layout.fmt == "folder" and not problems:
         problems.extend(_stray_images(layout, num_shards))
     if layout.manifest_path.is_file():

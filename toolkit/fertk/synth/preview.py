@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fertk.data.shards import write_bytes_atomic
-from fertk.errors import InvalidInputError
+from fertk.errors import DatasetError, InvalidInputError
 
 PREVIEW_IDENTITIES = 6
 HEADER = 22     # pixels of column titles
@@ -34,6 +35,36 @@ def preview_grid(faces: np.ndarray, emotions: tuple[str, ...]) -> np.ndarray:
             y0 = HEADER + r * (cell + GAP)
             grid[y0:y0 + cell, x0:x0 + cell] = np.kron(faces[r, c], np.ones((SCALE, SCALE), dtype=np.uint8))
     return grid
+
+
+def check_preview_path(path: str | Path) -> Path:
+    """Refuse a --preview path that cannot be written, before any generation starts.
+
+    The file must be a .png, must not be a directory, and its folder (or, when the folder does not
+    exist yet, the nearest existing parent, where the folder will be made) must be a directory this
+    process can create files in: checked by creating and removing a probe file, not by permission
+    bits, which say nothing about read-only mounts or what root may do."""
+    import tempfile
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InvalidInputError(f"--preview must name a .png file, got {path}")
+    if path.is_dir():
+        raise InvalidInputError(f"--preview {path} is a directory", hint="name a file, e.g. DIR/preview.png")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DatasetError(f"cannot write --preview {path}: {folder} is not a directory",
+                           hint="choose a --preview path in a writable folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fertk-preview-probe-", dir=folder)
+    except OSError as exc:
+        raise DatasetError(f"cannot write --preview {path}: {exc.strerror or exc} ({folder})",
+                           hint="choose a --preview path in a writable folder") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def write_preview(path: str | Path, generator: Any, plan: Any, identities: int = PREVIEW_IDENTITIES) -> Path:

@@ -10,11 +10,16 @@ Resume. A shard counts as done only when its record (written last, by rename, ho
 file's size and sha256) exists; a rerun skips those and rewrites the rest from scratch, so a run
 killed at any moment and rerun gives byte-identical files.
 
-Determinism. Shards are a pure function of (options, shard index): each shard is generated in
-batches that start at the shard's first identity, whatever the rank or host. Options that decide
-the data (CONTENT_OPTIONS) are recorded in .fertk/options.json and a rerun with different ones is
-refused unless `force`. Backend, device, batch and workers are execution choices: the same
-backend and batch give the same bytes; another backend may move a pixel by one grey level.
+Determinism. Shards are a pure function of (options, execution, shard index): each shard is
+generated in batches that start at the shard's first identity, whatever the rank or host. Options
+that decide the data (CONTENT_OPTIONS) are recorded in .fertk/options.json and a rerun with
+different ones is refused unless `force`. Execution choices that can move a pixel by a grey level
+(EXECUTION_FLAGS: backend and ORT provider, torch.compile, device kind, and the engine's call
+batch where it matters, see `_batch_matters`) are recorded there too, on the first run, and in
+every shard's record. A rerun follows them where its own choice is left automatic (`--compile`
+unset, `--backend`/`--device`/`--batch` unset or auto) and refuses an explicit conflicting one
+like a content option; `fertk synth verify` reports shards whose recorded choices differ. Encode
+workers, ranks and hosts never change a byte.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ import numpy as np
 import fertk
 from fertk.data.shards import (
     FORMATS, MANIFEST_COLUMNS, META_DIR, DatasetLayout, ShardRows, encode_png, is_synth_dataset, merge_manifest,
-    open_shard_writer, options_fingerprint, read_json, read_options, remove_shard, shard_done, write_json_atomic,
+    create_json_exclusive, open_shard_writer, options_fingerprint, read_json, read_options, remove_shard,
+    remove_stale_dataset_temps, remove_stale_temps, shard_done, write_json_atomic,
 )
 from fertk.emotions import EKMAN, NEUTRAL, parse_emotions
-from fertk.errors import DatasetError, FertkError, InvalidInputError, OutputExistsError
+from fertk.errors import BackendUnavailableError, DatasetError, FertkError, InvalidInputError, OutputExistsError
 from fertk.synth.plan import SeedPlan, parse_intensity
 
 FORMAT_VERSION = 1
@@ -58,6 +64,11 @@ OPTION_FLAGS = {
     "filter_max_attempts": "--filter-attempts", "translator_size": "--translator-size",
 }
 COMPILE_MIN_FACES = 30_000  # below this, torch.compile's one-off build (10-60 s on 2 cores) outweighs its gain
+DEFAULT_BATCH = 128        # identities per engine call when neither the command nor the dataset says
+# Byte-affecting execution choices and the flag that sets each (for the refusal message).
+EXECUTION_FLAGS = {"backend": "--backend", "provider": "--backend", "compile": "--compile/--no-compile",
+                   "device": "--device", "batch": "--batch"}
+STALE_TEMP_AGE_S = 600.0   # under torchrun, a dataset-level temp file this old is no live merge
 QUEUE_BATCHES = 6  # batches in flight between generator and writer: bounds memory, absorbs jitter
 
 
@@ -86,13 +97,15 @@ class SynthOptions:
     filter_threshold: float = 0.5
     filter_max_attempts: int = 8
     judge: str | None = None               # judge for the card's `judge` block + DIR/report (synth.report)
-    backend: str = "torch"
-    device: str = "cpu"
+    # Execution. None (and "auto") follow what the dataset recorded on resume; on a new dataset
+    # backend None is torch, device None is cpu, batch None is DEFAULT_BATCH (see _resolve_execution).
+    backend: str | None = None             # torch, ort, trt or auto
+    device: str | None = None              # cpu, cuda, cuda:N or auto
     precision: str = "fp32"                # "auto": fp32, or what --backend auto picks on a GPU
-    batch: int | None = 128                # identities per engine call; None: the default, or sized by --backend auto
+    batch: int | None = None               # identities per engine call
     workers: int = 1                       # encode threads
     compile: bool | None = None            # torch.compile the graph; None: when worth it (see _compile_choice)
-    preview: str | None = None
+    preview: str | None = None             # grid PNG; its path is checked before any work, written last
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -176,6 +189,7 @@ class SynthResult:
     manifest: str | None = None
     card: str | None = None
     preview: str | None = None
+    preview_error: str | None = None       # the preview failed after the dataset was written (see run_synth)
     filter: dict[str, Any] | None = None
     judge: dict[str, Any] | None = None    # the judge report's summary (--judge)
     engine: dict[str, Any] = field(default_factory=dict)
@@ -200,23 +214,131 @@ def dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _compile_choice(options: SynthOptions, faces_to_make: int) -> tuple[bool, str]:
-    """Whether the torch backend compiles the graph, and why (recorded in the result and card).
-
-    torch.compile fuses the procedural renderer's long elementwise chain (measured ~10x faster on
-    2 CPU cores) but costs a one-off build and needs a C++ compiler on PATH for CPU code.
-    """
+def _has_cxx() -> bool:
     import shutil
 
-    if options.backend != "torch":
-        return False, f"backend {options.backend} (compile is a torch option)"
+    return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+
+
+def _compile_choice(options: SynthOptions, backend: str, device: str, faces_per_process: int) -> tuple[bool, str]:
+    """What a new dataset's torch backend does about torch.compile, and why (recorded in the card).
+
+    torch.compile fuses the procedural renderer's long elementwise chain (measured ~10x faster on
+    2 CPU cores) but costs a one-off build and needs a C++ compiler on PATH for CPU code. The
+    automatic rule looks at the whole dataset (its faces per process), never at what is left of
+    it, so every rank and every rerun of a dataset agree.
+    """
+    if backend != "torch":
+        return False, f"backend {backend} (compile is a torch option)"
     if options.compile is not None:
         return options.compile, "--compile" if options.compile else "--no-compile"
-    if faces_to_make < COMPILE_MIN_FACES:
-        return False, f"auto: {faces_to_make} faces to make < {COMPILE_MIN_FACES}, the build would not pay off"
-    if options.device.startswith("cpu") and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+    if faces_per_process < COMPILE_MIN_FACES:
+        return False, f"auto: {faces_per_process} faces per process < {COMPILE_MIN_FACES}, the build would not pay off"
+    if device.startswith("cpu") and not _has_cxx():
         return False, "auto: no C++ compiler on PATH for torch.compile's CPU code"
-    return True, f"auto: {faces_to_make} faces to make"
+    return True, f"auto: {faces_per_process} faces per process"
+
+
+def _batch_matters(compiled: bool, generator: str) -> bool:
+    """Whether the engine's call batch can change a byte.
+
+    Measured on the procedural graph (CPU, batches 1, 5, 32, 96 of the same identities): eager torch
+    and onnxruntime give identical bytes at every batch; compiled torch does not (batch 1 against 96:
+    11 pixels differ by one grey level). The StyleGAN2 + StarGAN graph is convolutions, whose
+    kernels may be chosen per batch size: not shown invariant, so counted as mattering.
+    """
+    return compiled or generator != "procedural"
+
+
+@dataclass
+class _Execution:
+    """The resolved execution choices of one run."""
+
+    backend: str
+    provider: str | None       # onnxruntime's provider (cpu, cuda, tensorrt); None for other backends
+    device: str                # as opened: cpu, cuda, cuda:N
+    compile: bool
+    batch: int                 # identities per engine call (SynthOptions.batch resolved)
+    compile_reason: str
+    call_batch: int            # what the engine actually sees: min(batch, shard_size)
+    batch_matters: bool
+
+    def record(self) -> dict[str, Any]:
+        """The byte-affecting part, as stored in options.json and every shard record."""
+        return {"backend": self.backend, "provider": self.provider, "compile": self.compile,
+                "device": _device_kind(self.device), "batch": self.call_batch if self.batch_matters else None}
+
+
+def _device_kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _conflict(root: Path, key: str, old: Any, new: Any) -> OutputExistsError:
+    flag = EXECUTION_FLAGS[key]
+    return OutputExistsError(
+        f"{root} was generated with {key} {old!r} and this run asks for {new!r} ({flag}); shards made both "
+        "ways differ in bytes",
+        hint=f"leave {flag} out (a resume follows the dataset's choice), give the recorded value, "
+             "or pass --force to rebuild the dataset")
+
+
+def _resolve_execution(options: SynthOptions, plan: SeedPlan, recorded: dict[str, Any] | None, root: Path,
+                       rank: int, world: int, local_rank: int) -> _Execution:
+    """Backend, device, compile and batch for this run: the dataset's recorded choices where this run
+    leaves them automatic, an error where it asks for another one (a new dataset: the defaults)."""
+    from fertk.synth.engines import resolve_device
+
+    rec = recorded or {}
+    want_backend = options.backend if options.backend not in (None, "auto") else None
+    want_device = options.device if options.device not in (None, "auto") else None
+    if rec:
+        provider = rec.get("provider")
+        if want_backend is not None and want_backend != rec["backend"]:
+            raise _conflict(root, "backend", rec["backend"], want_backend)
+        backend = rec["backend"]
+        if want_device is not None and _device_kind(want_device) != rec["device"]:
+            raise _conflict(root, "device", rec["device"], _device_kind(want_device))
+        device = want_device or rec["device"]
+        if backend == "ort" and provider is None:
+            provider = "cuda" if device.startswith("cuda") else "cpu"
+    else:
+        backend = options.backend or "torch"
+        device = want_device or ("cpu" if options.device is None else "auto")
+        provider = None
+        if backend == "auto":
+            from fertk.engines import choose_backend
+
+            backend, device, extra = choose_backend("module", None if device == "auto" else device,
+                                                    options.precision)
+            provider = extra.get("provider")
+        if device == "auto":
+            device = resolve_device("auto", local_rank, world)
+        if backend == "ort" and provider is None:
+            provider = "cuda" if device.startswith("cuda") else "cpu"
+    device = resolve_device(device, local_rank, world)
+    if rec:
+        compiled = bool(rec.get("compile"))
+        if backend == "torch" and options.compile is not None and options.compile != compiled:
+            raise _conflict(root, "compile", compiled, options.compile)
+        reason = f"as recorded in {META_DIR}/options.json by the dataset's first run"
+    else:
+        compiled, reason = _compile_choice(options, backend, device, -(-plan.faces // world))
+    if compiled and device.startswith("cpu") and not _has_cxx():
+        source = (f"{root} was generated with torch.compile (recorded in {META_DIR}/options.json); "
+                  if rec else "--compile: ")
+        raise BackendUnavailableError(
+            source + "no C++ compiler (c++, g++, clang++) on PATH for torch.compile's CPU code",
+            hint="install one and rerun the same command" + (
+                "; eager shards would differ in bytes, so `--force --no-compile` rebuilds instead" if rec else ""))
+    matters = _batch_matters(compiled, options.generator)
+    batch = options.batch or DEFAULT_BATCH
+    if rec.get("batch") is not None and matters:
+        if options.batch is None:
+            batch = int(rec["batch"])
+        elif min(options.batch, plan.shard_size) != rec["batch"]:
+            raise _conflict(root, "batch", rec["batch"], min(options.batch, plan.shard_size))
+    return _Execution(backend=backend, provider=provider, device=device, compile=compiled, batch=batch,
+                      compile_reason=reason, call_batch=min(batch, plan.shard_size), batch_matters=matters)
 
 
 def _content_options(options: SynthOptions, hashes: dict[str, str | None]) -> dict[str, Any]:
@@ -247,34 +369,54 @@ def _weights_hashes(options: SynthOptions) -> dict[str, str | None]:
     return hashes
 
 
-def _prepare_out(options: SynthOptions, layout: DatasetLayout, record: dict[str, Any], rank: int,
-                 world: int) -> None:
-    """Create or reuse the output directory; refuse foreign contents or other options (unless force)."""
+def _prepare_out(options: SynthOptions, layout: DatasetLayout, record: dict[str, Any], plan: SeedPlan,
+                 rank: int, world: int, local_rank: int) -> _Execution:
+    """Create or reuse the output directory; refuse foreign contents, other options or conflicting
+    execution choices (unless force). Records the run's execution choices and returns them."""
     root = layout.root
     if root.exists() and not root.is_dir():
         raise OutputExistsError(f"--out {root} exists and is not a directory")
-    if is_synth_dataset(root):
-        old = read_options(root)
-        old_content = old.get("options", {})
-        differing = [key for key in CONTENT_OPTIONS if old_content.get(key) != record["options"].get(key)]
-        if differing and not options.force:
-            key = differing[0]
-            raise OutputExistsError(
-                f"{root} holds a dataset made with different options: {OPTION_FLAGS[key]} was "
-                f"{old_content.get(key)!r}, now {record['options'].get(key)!r}"
-                + (f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""),
-                hint="use the same options to resume, another --out, or --force to replace it")
-        if differing:
-            _remove_old(root, old, rank, world)
-    elif root.is_dir() and not options.force and any(entry.name != META_DIR for entry in root.iterdir()):
-        # (A directory holding only .fertk is one that another rank is initialising right now.)
-        raise OutputExistsError(f"--out {root} is not empty and is not a fertk synth dataset",
-                                hint="choose an empty or new directory, or pass --force to write into it")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(f"cannot create {root}: {exc.strerror or exc}") from None
-    write_json_atomic(layout.options_path, record)
+    for _attempt in range(3):
+        if is_synth_dataset(root):
+            old = read_options(root)
+            old_content = old.get("options", {})
+            differing = [key for key in CONTENT_OPTIONS if old_content.get(key) != record["options"].get(key)]
+            if differing and not options.force:
+                key = differing[0]
+                raise OutputExistsError(
+                    f"{root} holds a dataset made with different options: {OPTION_FLAGS[key]} was "
+                    f"{old_content.get(key)!r}, now {record['options'].get(key)!r}"
+                    + (f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""),
+                    hint="use the same options to resume, another --out, or --force to replace it")
+            try:
+                execution = _resolve_execution(options, plan, None if differing else old.get("execution"), root,
+                                               rank, world, local_rank)
+            except (OutputExistsError, BackendUnavailableError):
+                if not options.force:
+                    raise
+                execution = _resolve_execution(options, plan, None, root, rank, world, local_rank)
+                differing = ["execution"]
+            if differing:
+                _remove_old(root, old, rank, world)
+            record["execution"] = execution.record()
+            write_json_atomic(layout.options_path, record)
+            return execution
+        if root.is_dir() and not options.force and any(entry.name != META_DIR for entry in root.iterdir()):
+            # (A directory holding only .fertk is one that another rank is initialising right now.)
+            raise OutputExistsError(f"--out {root} is not empty and is not a fertk synth dataset",
+                                    hint="choose an empty or new directory, or pass --force to write into it")
+        execution = _resolve_execution(options, plan, None, root, rank, world, local_rank)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatasetError(f"cannot create {root}: {exc.strerror or exc}") from None
+        record["execution"] = execution.record()
+        # The first process to create options.json decides; the others (torchrun ranks starting
+        # together, maybe on hosts that would decide otherwise) loop and follow it.
+        if create_json_exclusive(layout.options_path, record):
+            return execution
+    raise DatasetError(f"cannot initialise {layout.options_path}: it keeps changing under this run",
+                       hint="is another `fertk synth` with other options writing into the same --out?")
 
 
 def _remove_old(root: Path, old: dict[str, Any], rank: int, world: int) -> None:
@@ -466,16 +608,29 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     from fertk.export.pipeline import build_pipeline
     from fertk.synth.engines import FaceScorer, open_generation_engine, parity_vs_fp32, plan_generation, resolve_device
 
+    if options.preview and rank == 0:
+        from fertk.synth.preview import check_preview_path
+
+        check_preview_path(options.preview)
     pipeline = build_pipeline(options.pipeline_config())
-    device = resolve_device(options.device, local_rank, world)
-    # --backend auto picks engine, precision and batch here (the recorded precision is the one used).
-    choice = plan_generation(pipeline, backend=options.backend, device=device, precision=options.precision,
-                             batch=options.batch, compile=options.compile, max_batch=min(plan.shard_size, plan.n))
-    if (choice.precision, choice.batch) != (options.precision, options.batch):
-        options = replace(options, precision=choice.precision, batch=choice.batch)
-    # StyleGAN2 layers marked fp16 run in half precision only where that pays (torch on CUDA).
-    fp16_layers = pipeline.set_fp16_layers(device=device, precision=options.precision,
-                                           target="torch" if choice.backend == "torch" else "export")
+    recorded = read_options(root) if is_synth_dataset(root) and not options.force else {}
+    if options.precision == "auto" and recorded.get("execution"):
+        # A resume: "auto" is whatever the dataset's first run chose (precision decides bytes).
+        options = replace(options, precision=recorded.get("options", {}).get("precision", "fp32"))
+    choice = None
+    if options.backend == "auto" and not recorded.get("execution"):
+        # A new dataset: --backend auto picks engine, precision and batch (on a GPU without TensorRT
+        # the compiled fp16/bf16 graph replayed as CUDA graphs, batch from free memory).
+        auto_device = resolve_device(options.device or "auto", local_rank, world)
+        choice = plan_generation(pipeline, backend="auto", device=auto_device, precision=options.precision,
+                                 batch=options.batch, compile=options.compile, max_batch=min(plan.shard_size, plan.n))
+        if choice.options:  # the GPU path: a torch engine with these options
+            options = replace(options, backend=choice.backend, device=auto_device, precision=choice.precision,
+                              batch=choice.batch, compile=bool(choice.options.get("compile")))
+        else:
+            options = replace(options, precision=choice.precision)
+    if options.precision == "auto":
+        options = replace(options, precision="fp32")
     hashes = _weights_hashes(options)
     record = {
         "format_version": FORMAT_VERSION,
@@ -488,17 +643,33 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
 
     for judge in dict.fromkeys(j for j in (options.filter, options.judge) if j):
         load_judge(judge)  # a bad judge fails before the output directory is touched
-    _prepare_out(options, layout, record, rank, world)
+    execution = _prepare_out(options, layout, record, plan, rank, world, local_rank)
+    options = replace(options, backend=execution.backend, device=execution.device, batch=execution.batch,
+                      compile=execution.compile)
+    device, compiled, compile_reason = execution.device, execution.compile, execution.compile_reason
+    # StyleGAN2 layers marked fp16 run in half precision only where that pays (torch on CUDA).
+    fp16_layers = pipeline.set_fp16_layers(device=device, precision=options.precision,
+                                           target="torch" if options.backend == "torch" else "export")
     mine = plan.shards_for_rank(rank, world)
     fingerprint = options_fingerprint(record)
-    # A record made under other options (a --force race under torchrun) never counts as done.
-    todo = [s for s in mine if not shard_done(layout, s.index, fingerprint)]
-    compiled, compile_reason = _compile_choice(options, sum(s.identities for s in todo) * len(plan.emotions))
-    engine_opts = {"compile": True} if compiled else {}
-    if choice.options:  # auto on a GPU: compiled and/or CUDA graphs, fixed shapes
-        engine_opts, compiled, compile_reason = dict(choice.options), bool(choice.options.get("compile")), choice.reason
+    # A record made under other options or other execution choices (a --force race under torchrun)
+    # never counts as done.
+    todo = [s for s in mine if not shard_done(layout, s.index, fingerprint, record["execution"])]
+    # Temporary files of a killed run: this rank's shards' are its own (no other live rank writes
+    # them); the dataset-level ones only where their process is gone (and, under torchrun, where
+    # they are too old to be another host's merge in progress).
+    for shard in mine:
+        remove_stale_temps(layout, shard.index)
+    if rank == 0:
+        remove_stale_dataset_temps(layout, min_age_s=0.0 if world == 1 else STALE_TEMP_AGE_S)
+    engine_opts: dict[str, Any] = {"compile": True} if compiled else {}
+    if execution.provider is not None:
+        engine_opts["provider"] = execution.provider
+    if choice is not None and choice.options:  # auto on a GPU: compiled and/or CUDA graphs, fixed shapes
+        engine_opts.update(choice.options)
+        compile_reason = choice.reason
     static_shapes = compiled or bool(engine_opts.get("cuda_graphs"))
-    engine = open_generation_engine(pipeline, backend=choice.backend, device=device, precision=options.precision,
+    engine = open_generation_engine(pipeline, backend=options.backend, device=device, precision=options.precision,
                                     **engine_opts)
     scorer = None
     try:
@@ -506,7 +677,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             scorer = FaceScorer(options.filter, backend=options.backend, device=device, precision=options.precision)
         # A compiled engine gets fixed-size calls (a shard's last batch is padded): one compiled shape,
         # no recompilation per odd batch size.
-        pad_to = min(options.batch, plan.shard_size) if static_shapes else None
+        pad_to = execution.call_batch if static_shapes else None
         generator = _Generator(plan, pipeline, engine, scorer, options, pad_to)
         for shard in todo:  # leftovers of a killed run are discarded: the shard is redone whole
             remove_shard(layout, shard.index, identities=range(shard.start, shard.stop), emotions=plan.emotions)
@@ -534,7 +705,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             generator.warmup()
             warmup_seconds = round(time.perf_counter() - tic, 3)
         parity = None
-        if choice.options and todo:  # auto's GPU engine against eager fp32, recorded in the card
+        if choice is not None and choice.options and todo:  # auto's GPU engine against eager fp32, recorded in the card
             parity = parity_vs_fp32(pipeline, engine, device, pad_to or options.batch)
         writer = _Writer(layout, (side, side), options.workers, on_commit)
         writer.start()
@@ -552,7 +723,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
                     writer.put(("add", faces, rows))
                     report()
                 extra = {"seconds": round(time.perf_counter() - shard_start, 4), "rank": rank,
-                         "fingerprint": fingerprint,
+                         "fingerprint": fingerprint, "execution": record["execution"],
                          "identities": [shard.start, shard.stop]}
                 if scorer is not None:
                     extra["filter"] = {"attempts": generator.attempts - attempts0,
@@ -576,8 +747,10 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
         report(True)
         engine_seconds = engine.stats.seconds - engine_start
         engine_faces = (engine.stats.items - engine_items) * len(plan.emotions)  # filter retries included
-        engine_desc = {**engine.describe(), "compile_reason": compile_reason, "choice": choice.to_dict(),
+        engine_desc = {**engine.describe(), "compile_reason": compile_reason, "execution": record["execution"],
                        "fp16_layers": fp16_layers}
+        if choice is not None:
+            engine_desc["choice"] = choice.to_dict()
         if parity is not None:
             engine_desc["parity_vs_fp32"] = parity
         filter_stats = None
@@ -586,11 +759,6 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
                             "rejected": generator.rejected,
                             "retries_per_emotion": dict(zip(plan.emotions, generator.retries_per_emotion.tolist())),
                             "rejection_rate": generator.rejected / generator.attempts if generator.attempts else 0.0}
-        preview_path = None
-        if options.preview and rank == 0:
-            from fertk.synth.preview import write_preview
-
-            preview_path = str(write_preview(options.preview, generator, plan))
         complete = merge_manifest(layout, plan.num_shards, fingerprint)
         result = SynthResult(
             out=str(root), format=options.format, identities=plan.n, faces=plan.faces,
@@ -600,7 +768,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             faces_per_s=round(committed["faces"] / gen_seconds, 1) if gen_seconds > 0 and committed["faces"] else 0.0,
             engine_faces_per_s=round(engine_faces / engine_seconds, 1) if engine_seconds > 0 else 0.0,
             complete=complete, rank=rank, world_size=world,
-            manifest=str(layout.manifest_path) if complete else None, preview=preview_path,
+            manifest=str(layout.manifest_path) if complete else None,
             filter=filter_stats, engine=engine_desc, warmup_seconds=warmup_seconds,
             writer_cpu_us_per_face=round(1e6 * writer.cpu_seconds / committed["faces"], 1) if committed["faces"] else 0.0,
         )
@@ -616,6 +784,15 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
             card = read_json(layout.card_path)
             card["judge"] = result.judge = judged.summary()
             write_json_atomic(layout.card_path, card)
+        if options.preview and rank == 0:
+            # Last, so that a failure here (the path was checked, but disks fill and folders go)
+            # never costs the manifest or the card: it is reported in the result instead.
+            from fertk.synth.preview import write_preview
+
+            try:
+                result.preview = str(write_preview(options.preview, generator, plan))
+            except FertkError as exc:
+                result.preview_error = str(exc)
         return result
     finally:
         engine.close()
