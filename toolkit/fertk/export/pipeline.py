@@ -167,7 +167,10 @@ class Postprocess(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Crop → gray → resize → uint8."""
         t, lft, h, w = self.box
-        roi = images[:, :, t:t + h, lft:lft + w]
+        return self.reduce(images[:, :, t:t + h, lft:lft + w])
+
+    def reduce(self, roi: torch.Tensor) -> torch.Tensor:
+        """The box's pixels [N, C, h, w] → gray → resize → uint8 (for a generator that computed only the box)."""
         gray = (roi * self.gray).sum(dim=1) + 127.5          # [N, h, w] in [0, 255]
         small = torch.matmul(torch.matmul(self.rows, gray), self.cols_t)
         return torch.round(small).clamp(0.0, 255.0).to(torch.uint8)
@@ -248,9 +251,9 @@ class GenerationPipeline(nn.Module):
             aus = intensity.unsqueeze(2) * self.prototypes.unsqueeze(0)            # [B, E, A]
             images = self.generator.render_expressions(latent, aus)               # [B, E, C, H, W]
             images = images.reshape(-1, self.channels, self.image_size, self.image_size)
-        else:
-            images = self._gan_images(latent, intensity)
-        return self.post(images).reshape(-1, count, side, side)
+            return self.post(images).reshape(-1, count, side, side)
+        # StarGAN computes only the crop box (its last conv is local); the postprocess takes the box.
+        return self.post.reduce(self._gan_images(latent, intensity)).reshape(-1, count, side, side)
 
     def _gan_images(self, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         count = len(self.emotions)
@@ -259,11 +262,12 @@ class GenerationPipeline(nn.Module):
         faces = faces.clamp(-1.0, 1.0)
         if self.image_size != size:
             faces = torch.matmul(torch.matmul(self.to_translator, faces), self.to_translator_t)
-        faces = faces.unsqueeze(1).expand(-1, count, -1, -1, -1).reshape(-1, 3, size, size)
         a = alpha.unsqueeze(2)
-        labels = (a * self.targets.unsqueeze(0) + (1.0 - a) * self.source.reshape(1, 1, -1)).reshape(
-            -1, self.targets.shape[1])
-        return self.translator(faces, labels)
+        labels = a * self.targets.unsqueeze(0) + (1.0 - a) * self.source.reshape(1, 1, -1)  # [B, E, c_dim]
+        # The E expressions of an identity share its face: StarGAN's first conv sees it once (its
+        # image part), the labels enter as a per-class response map (StarGANGenerator.forward_shared).
+        torch._assert(labels.shape[1] == count, "one label vector per expression")
+        return self.translator.forward_shared(faces, labels, box=self.post.box)
 
     def set_fp16_layers(self, *, device: str = "cpu", precision: str = "fp32", target: str = "torch",
                         force: bool = False) -> str | None:

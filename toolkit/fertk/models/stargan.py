@@ -129,6 +129,26 @@ def _check_classes(classes: Sequence[str] | None, c_dim: int) -> tuple[str, ...]
 
 
 # --------------------------------------------------------------------------------------------
+# Free functions
+
+
+def _static_size(x: torch.Tensor, axis: int) -> int:
+    """A size the graph fixes (image sides), as a Python int: a constant when traced or exported."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        return int(x.shape[axis])
+
+
+def _tap_mask(taps: int, size: int, padding: int, like: torch.Tensor) -> torch.Tensor:
+    """[taps, size] 0/1: kernel tap i at output position p reads input p + i - padding inside [0, size)."""
+    pos = torch.arange(size, device=like.device).unsqueeze(0) + torch.arange(taps, device=like.device).unsqueeze(1)
+    pos = pos - padding
+    return ((pos >= 0) & (pos < size)).to(like.dtype)
+
+
+# --------------------------------------------------------------------------------------------
 # Layers
 
 
@@ -246,6 +266,60 @@ class StarGANGenerator(nn.Module):
         # Tile the labels over the grid: expand (not repeat) keeps the batch dimension symbolic.
         tiled = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         return self.main(torch.cat([x, tiled], dim=1))
+
+    def forward_shared(self, x: torch.Tensor, c: torch.Tensor,
+                       box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Every image of x [B, 3, H, W] under each of its E label vectors c [B, E, c_dim] → [B·E, 3, H, W].
+
+        Equals `forward(x.repeat_interleave(E, 0), c.reshape(-1, c_dim))` up to float rounding,
+        with the first conv's image part computed once per image instead of once per label. The
+        first conv is linear in its input, so conv([x, tile(c)]) = conv(x, W_img) + Σ_k c_k ·
+        conv(1, W_k): the label part is a per-class response to a map of ones under zero padding,
+        which is the kernel sum inside the image and falls off within 3 px of the border, and is
+        computed here from the kernel and two 0/1 masks of valid taps (no [c_dim, 64, H, W] buffer).
+
+        `box` (top, left, height, width) in pixels returns only that region, [B·E, 3, height, width]:
+        the last conv (7x7, then tanh) is the only layer after the last InstanceNorm, so it is
+        computed on the box plus its 3-px halo (zeros where the halo leaves the image, as the full
+        conv's padding) — the same values as cropping the full output, without the rest.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise InvalidInputError(f"StarGAN G expects x of shape [B, 3, H, W], got {list(x.shape)}")
+        if c.dim() != 3 or c.shape[2] != self.c_dim:
+            raise InvalidInputError(f"forward_shared expects c of shape [B, E, {self.c_dim}], got {list(c.shape)}")
+        torch._assert(x.shape[0] == c.shape[0], "x and c must have the same batch size")
+        first = self.main[0]
+        assert isinstance(first, nn.Conv2d)
+        weight = first.weight.to(x.dtype)                                  # [O, 3 + c_dim, k, k]
+        out_channels, _, kh, kw = weight.shape
+        height, width = _static_size(x, 2), _static_size(x, 3)
+        torch._assert(height % 4 == 0 and width % 4 == 0, "image sides must be multiples of 4")
+        image_part = F.conv2d(x, weight[:, :3], padding=first.padding)    # [B, O, H, W]
+        rows = _tap_mask(kh, height, first.padding[0], x)                  # [kh, H]
+        cols = _tap_mask(kw, width, first.padding[1], x)                   # [kw, W]
+        # response[k, o, h, w] = Σ_ij W[o, 3 + k, i, j] · rows[i, h] · cols[j, w]
+        label_w = weight[:, 3:].permute(1, 0, 2, 3)                        # [c_dim, O, kh, kw]
+        response = torch.matmul(rows.t(), torch.matmul(label_w, cols))     # [c_dim, O, H, W]
+        count = c.shape[1]
+        labels = c.to(x.dtype).reshape(-1, self.c_dim)                     # [B·E, c_dim]
+        label_part = torch.matmul(labels, response.reshape(self.c_dim, -1))
+        y = image_part.unsqueeze(1) + label_part.reshape(-1, count, out_channels, height, width)
+        y = y.reshape(-1, out_channels, height, width)
+        if box is None:
+            return self.main[1:](y)
+        last, tanh = self.main[-2], self.main[-1]
+        assert isinstance(last, nn.Conv2d) and isinstance(tanh, nn.Tanh)
+        top, left, box_h, box_w = (int(v) for v in box)
+        if not (0 <= top and 0 <= left and box_h > 0 and box_w > 0 and top + box_h <= height
+                and left + box_w <= width):
+            raise InvalidInputError(f"box {list(box)} is not inside the {height}x{width} image")
+        features = self.main[1:-2](y)
+        pad_h, pad_w = last.padding
+        r0, r1 = max(top - pad_h, 0), min(top + box_h + pad_h, height)
+        c0, c1 = max(left - pad_w, 0), min(left + box_w + pad_w, width)
+        region = F.pad(features[:, :, r0:r1, c0:c1],
+                       [c0 - (left - pad_w), left + box_w + pad_w - c1, r0 - (top - pad_h), top + box_h + pad_h - r1])
+        return tanh(F.conv2d(region, last.weight.to(region.dtype)))
 
     def label_vector(self, labels: Any, batch: int) -> torch.Tensor:
         """[batch, c_dim] float labels from an index, a name, a sequence of those, or a tensor."""

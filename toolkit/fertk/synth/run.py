@@ -305,7 +305,13 @@ def _resolve_execution(options: SynthOptions, plan: SeedPlan, recorded: dict[str
         backend = options.backend or "torch"
         device = want_device or ("cpu" if options.device is None else "auto")
         provider = None
-        if backend == "auto":
+        if backend == "auto" and resolve_device(device, local_rank, world).startswith("cpu") \
+                and options.precision == "fp32":
+            from fertk.synth.engines import auto_cpu_backend
+
+            # The fastest measured CPU engine per generator (benchmarks/synth, benchmarks/official).
+            backend, device = auto_cpu_backend(options.generator), "cpu"
+        elif backend == "auto":
             from fertk.engines import choose_backend
 
             backend, device, extra = choose_backend("module", None if device == "auto" else device,
