@@ -224,17 +224,26 @@ def test_translator_size_runs_the_golden_stargan_at_that_size(golden_dir, size):
     assert card["translator"]["extra"]["image_size_source"] == "given (translator_size option)"
     assert card["fp16_layers"] == "fp32 (num_fp16_res 0)"
     seen = {}
-    pipeline.translator.register_forward_hook(lambda m, i, o: seen.update(x=i[0], c=i[1], y=o))
+    shared = pipeline.translator.forward_shared
+
+    def spy(x, c, box=None):  # the pipeline runs StarGAN through forward_shared (one face, E labels)
+        seen.update(x=x, c=c)
+        return shared(x, c, box)
+
+    pipeline.translator.forward_shared = spy
     rng = np.random.default_rng(11)
     z = torch.from_numpy(rng.standard_normal((2, pipeline.latent_dim)).astype(np.float32))
     with torch.no_grad():
         faces = pipeline(z, torch.ones(2, len(EKMAN)))
     assert faces.shape == (2, 6, 32, 32)
-    assert seen["x"].shape == (12, 3, size, size)
+    assert seen["x"].shape == (2, 3, size, size) and seen["c"].shape[:2] == (2, len(EKMAN))
     golden, _ = load_stargan_generator(t_path)  # a fresh copy of the golden weights
+    x, c = seen["x"], seen["c"]
     with torch.no_grad():
-        expected = golden(seen["x"], seen["c"])
-    torch.testing.assert_close(seen["y"], expected, atol=1e-5, rtol=0)
+        expected = golden(x.repeat_interleave(c.shape[1], 0), c.reshape(-1, c.shape[2]))
+        got = shared(x, c)
+    assert got.shape == (12, 3, size, size)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_translator_size_default_and_bad_values(golden_dir):
