@@ -219,17 +219,27 @@ def short_run_statistics(seed: int, workdir: Path) -> dict[str, float]:
             "rec_ratio": float(np.mean(rec[-3:]) / np.mean(rec[:3]))}
 
 
-# Limits of the fast test, (statistic, "<" or ">", bound), set from the spread over training seeds
-# (tests/tools/threshold_sweep.py stargan-short). The values depend on the CPU's kernels (AVX2
-# vs AVX-512 oneDNN/OpenBLAS paths round differently, and 300 GAN steps amplify that): seed 0's
-# rec_ratio was 0.9006 on a 2-core AMD EPYC with AVX2 and 0.9 - 1e-4 on the Zen-5 AVX-512 VM, so
-# the old bound of 0.9 passed on one machine and failed on the other.
+# Limits of the fast test, (statistic, "<" or ">", bound): the worst of six training seeds minus a
+# quarter of their range (tests/tools/threshold_sweep.py stargan-short; measured on the 2-core
+# AMD EPYC, AVX2, torch 2.13.0+cpu, 2026-12-01). Seeds 0-5 gave
+#   before     0.133 0.167 0.200 0.158 0.167 0.167   (chance 1/6)
+#   real       0.658 0.608 0.558 0.450 0.433 0.475
+#   after      0.758 0.808 0.383 0.342 0.542 0.425
+#   gain       0.625 0.642 0.183 0.183 0.375 0.258
+#   rec_ratio  0.901 0.730 0.683 0.766 0.735 0.688
+# The values depend on the CPU's kernels (AVX2 vs AVX-512 oneDNN paths round differently and 300
+# GAN steps carry that on): seed 0's rec_ratio was 0.9006 here and just under 0.9 on the Zen-5
+# AVX-512 VM, so the old bounds (real > 0.45, after > 0.6, gain > 0.4, rec_ratio < 0.9, all fit to
+# seed 0 on one machine) passed there and failed here, and seeds 2-5 break them anywhere. After
+# 300 steps G has learned the expressions on some seeds and only begun on others (after is
+# bimodal), so this fast test claims "well above chance and better than the untrained G"; the
+# slow test checks the strong form with an independent judge.
 SHORT_RUN_LIMITS: tuple[tuple[str, str, float], ...] = (
-    ("before", "<", 0.35),
-    ("real", ">", 0.45),       # chance is 1/6
-    ("after", ">", 0.6),
-    ("gain", ">", 0.4),
-    ("rec_ratio", "<", 0.9),   # the cycle reconstruction improves
+    ("before", "<", 0.35),     # the untrained G's translations are at chance for D0
+    ("real", ">", 0.37),       # D tells unseen identities' expressions (chance is 1/6)
+    ("after", ">", 0.22),      # G's translations read as their targets, above chance
+    ("gain", ">", 0.06),       # and better than the untrained G's
+    ("rec_ratio", "<", 0.96),  # the cycle reconstruction improves
 )
 
 
