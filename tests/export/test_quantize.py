@@ -100,8 +100,11 @@ def int8_statistics(seed: int, workdir: Path) -> dict[str, float]:
             "fresh_int8_accuracy": _fresh_accuracy(artifact)}
 
 
-# (statistic, op, bound) from the spread over training seeds (tests/tools/threshold_sweep.py
-# int8-blobs). Training and ORT's INT8 kernels both depend on the CPU (AVX2 vs AVX-512 / VNNI).
+# (statistic, op, bound), checked over training seeds 0-11 (tests/tools/threshold_sweep.py
+# int8-blobs; 2-core AMD EPYC, AVX2, torch 2.13.0+cpu, onnxruntime 1.32.0): with 40 Adam steps
+# every seed gave fp32 and int8 accuracy 1.0, agreement 1.0, fresh int8 accuracy 1.0. (With the
+# earlier 20 steps seed 7 stopped at fp32 0.72 / fresh 0.83, so the bounds below held for seed 0
+# by luck.) Training and ORT's INT8 kernels both depend on the CPU (AVX2 vs AVX-512 / VNNI).
 INT8_LIMITS: tuple[tuple[str, str, float], ...] = (
     ("fp32_accuracy", ">", 0.9 - 1e-9),     # the briefly trained model solves the blob task
     ("argmax_agreement", ">", 0.95 - 1e-9),
