@@ -54,8 +54,10 @@ def two_class_statistics(seed: int, workdir: Path) -> dict[str, float]:
     return {"accuracy": evaluate(model, test).accuracy, "best_epoch": float(result.best_epoch)}
 
 
-# (statistic, op, bound) from the spread over training seeds (tests/tools/threshold_sweep.py
-# fer-two-class); the accuracy depends on the CPU's kernels (AVX2 vs AVX-512) like any training run.
+# (statistic, op, bound), checked over training seeds (tests/tools/threshold_sweep.py fer-two-class;
+# 2-core AMD EPYC, AVX2, torch 2.13.0+cpu): seeds 0-3 all gave test accuracy 1.0 (best epoch
+# 23-24), so 0.85 clears the worst seed by 0.15. The accuracy depends on the CPU's kernels (AVX2
+# vs AVX-512) like any training run.
 TWO_CLASS_LIMITS: tuple[tuple[str, str, float], ...] = (("accuracy", ">", 0.85),)  # chance is 0.5
 
 
