@@ -88,3 +88,35 @@ def test_speedups_over_eager_and_the_hand_loop() -> None:
     assert speed[("synth:gan", "torch-cpu", 1)].speedup_vs_hand_loop == pytest.approx(3.0)
     assert speed[("pipeline:gan", "hand-loop-cpu", 1)].speedup_vs_hand_loop is None
     assert speed[("pipeline:gan", "torch-cuda", 1)].speedup_vs_hand_loop is None   # no CUDA hand loop here
+
+
+def test_recommendation_is_the_fastest_row_that_passed_parity_against_eager_fp32() -> None:
+    from fertk.bench.results import Recommendation, recommend
+
+    eager = {"cpu": "torch-cpu"}
+    rows = [
+        _row("m", "torch-cpu", 1, 10.0, parity_passed=True), _row("m", "torch-cpu", 8, 20.0, parity_passed=True),
+        _row("m", "ort-cpu", 1, 30.0, parity_passed=True), _row("m", "ort-cpu", 8, 50.0, parity_passed=True),
+        # Faster, but its parity failed on one batch: never recommended, listed as not chosen.
+        _row("m", "ort-cpu", 1, 40.0, precision="int8", parity_passed=True),
+        _row("m", "ort-cpu", 8, 90.0, precision="int8", parity_passed=False),
+        # The plain loop is a reference, not an engine; a 16-batch row without an eager twin.
+        _row("m", "hand-loop-cpu", 8, 500.0), _row("m", "torch-cpu-cl", 16, 45.0, parity_passed=True),
+        _row("m", "trt", None, None, status="skipped", reason="tensorrt is not installed"),
+        _row("g", "torch-cpu", 2, 5.0, parity_passed=True), _row("g", "ort-cpu", 2, 4.0, parity_passed=True),
+    ]
+    fill_speedups(rows, eager_backends=eager, hand_loop_backends={}, hand_loop_models={})
+    recs = {r.model: r for r in recommend(rows, eager_backends=eager, baseline_backends=("hand-loop-cpu",))}
+    best = recs["m"]
+    assert (best.backend, best.precision, best.batch) == ("ort-cpu", "fp32", 8)
+    assert best.speedup_vs_eager == pytest.approx(2.5) and best.eager_items_per_s == 20.0
+    assert best.excluded == ["ort-cpu int8: 4.50x but parity failed at batch 8"]
+    assert "ort-cpu fp32" in best.line() and "2.50x torch eager fp32" in best.line()
+    # Eager itself can be the answer, and says so.
+    assert (recs["g"].backend, recs["g"].speedup_vs_eager) == ("torch-cpu", 1.0) and "fastest" in recs["g"].note
+    assert Recommendation(**best.to_dict()) == best
+
+
+def test_old_backend_spelling_in_saved_results_reads_as_today_s() -> None:
+    data = BenchResults(rows=[_row("m", "ort-trt", None, None, status="skipped", device="cuda")]).to_dict()
+    assert BenchResults.from_dict(data).rows[0].backend == "ort-tensorrt"

@@ -142,3 +142,41 @@ def test_generator_int8_is_opt_in_and_each_model_is_checkpointed(tmp_path: Path)
     (gen,) = [r for r in results.rows if r.model == "procedural"]
     assert gen.status == "skipped" and "--int8-generators" in gen.reason
     assert results.find("fer-cnn:paper", "ort-cpu", "int8", 1) is not None
+
+
+def test_quick_offers_no_row_that_cannot_work_and_recommends_a_backend_per_model(tmp_path: Path) -> None:
+    """`fertk bench --quick` on a tiny budget: no error rows (the procedural pipeline's QDQ graph
+    does not load in onnxruntime, so generator INT8 is not offered, with the reason), and the
+    result ends with the backend + precision to run per model, with its speed-up over eager fp32."""
+    from fertk.bench import quick_config
+    from fertk.bench.results import Recommendation
+
+    config = quick_config(batches=(1, 2), threads=1, calibration_samples=16, **TINY)
+    assert config.int8_generators is False
+    results = run_bench(config, workdir=tmp_path)
+    assert not [(r.model, r.backend, r.precision, r.reason) for r in results.rows if r.status == "error"]
+    (gen_int8,) = [r for r in results.rows if r.model == "pipeline:procedural" and r.precision == "int8"]
+    assert gen_int8.status == "skipped" and "not offered" in gen_int8.reason and "--int8-generators" in gen_int8.reason
+    recs = {r["model"]: Recommendation(**r) for r in results.recommendations}
+    assert set(recs) == {"fer-cnn:paper", "pipeline:procedural"}
+    for model, rec in recs.items():
+        row = results.find(model, rec.backend, rec.precision, rec.batch)
+        eager = results.find(model, "torch-cpu", "fp32", rec.batch)
+        assert row is not None and eager is not None and rec.backend != "hand-loop-cpu"
+        assert row.parity_passed and rec.speedup_vs_eager == pytest.approx(row.items_per_s / eager.items_per_s)
+        # Nothing that passed parity at that batch was faster.
+        rivals = [r for r in results.ok_rows() if r.model == model and r.batch == rec.batch and r.parity_passed]
+        assert rec.items_per_s == max(r.items_per_s for r in rivals)
+    assert results.to_dict()["recommendations"] == results.recommendations
+
+
+def test_backend_names_match_fertk_info_and_the_old_spelling_is_accepted() -> None:
+    from fertk.bench.backends import BACKENDS, get_backend
+
+    rows = {r.name for r in backend_report()}
+    # Every bench backend that is an engine row of `fertk info` is spelled as it is there.
+    for backend in BACKENDS.values():
+        if backend.engine != "hand-loop" and not backend.options.keys() - {"provider"}:
+            assert backend.name in rows, backend.name
+    assert get_backend("ort-trt") is BACKENDS["ort-tensorrt"]
+    assert BenchConfig(backends=("ort-trt", "torch-cpu")).backends == ("ort-tensorrt", "torch-cpu")

@@ -30,6 +30,10 @@ def test_quick_like_run_prints_json_and_writes_files(tmp_path: Path) -> None:
     assert written == [".json", ".png"]
     saved = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert saved["rows"] == data["rows"]
+    # The answer to "which backend should I run?": here only eager ran, so eager it is.
+    (rec,) = data["recommendations"]
+    assert (rec["model"], rec["backend"], rec["precision"], rec["batch"]) == ("fer-cnn:paper", "torch-cpu", "fp32", 2)
+    assert rec["speedup_vs_eager"] == 1.0 and saved["recommendations"] == data["recommendations"]
 
 
 def test_table_and_compare(tmp_path: Path) -> None:
@@ -41,6 +45,7 @@ def test_table_and_compare(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "fertk bench" in result.stdout and "torch-cpu" in result.stdout
     assert "compared with the previous run" in result.stdout
+    assert "Recommended here" in result.stdout and "fer-cnn:paper on cpu: torch-cpu fp32" in result.stdout
     assert "not measured here" in result.stdout or "trt" in result.stdout
 
 

@@ -67,3 +67,56 @@ def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_
     again = runner.invoke(app, ["experiment", str(config), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["skipped"] == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# The plateau restart of the shipped presets can fire (it could not: 400 steps needed epoch 100,
+# and a stuck run of the smallest cells had early-stopped at ~80-86).
+
+# Steps a healthy run may sit on the initial plateau before leaving it (fertk.train.fer's note).
+HEALTHY_PLATEAU_STEPS = 250
+
+
+def test_every_preset_with_restarts_can_restart_its_smallest_cells_in_time() -> None:
+    from fertk.experiment.standin import PRESETS, restart_epoch, smallest_cell_steps
+
+    for name, preset in PRESETS.items():
+        if preset.plateau_restarts == 0:
+            continue
+        steps = smallest_cell_steps(preset)
+        epoch = restart_epoch(preset)
+        assert epoch is not None, (name, steps, preset.plateau_steps, preset.min_epochs)
+        assert epoch * steps >= preset.plateau_steps and epoch <= preset.min_epochs, name
+        # Never before a healthy run has had its chance, and the restarted run gets as long again.
+        assert preset.plateau_steps > HEALTHY_PLATEAU_STEPS, name
+        assert (preset.epochs - epoch) * steps > HEALTHY_PLATEAU_STEPS, name
+
+
+def test_the_default_preset_restarts_a_stuck_smallest_cell_before_early_stopping_ends_it(tmp_path: Path) -> None:
+    """The README demo's [train] settings on a stuck run of its smallest cell size (identical
+    faces under balanced labels: nothing beats uniform predictions, so the run stays on the
+    plateau), for as many epochs as such a run can last before early stopping ends it
+    (min_epochs + patience): the restart must have fired. (With plateau_steps 400 it stopped at
+    epoch 80 without one.)"""
+    import numpy as np
+
+    from fertk.data.records import FaceArrays
+    from fertk.experiment.standin import PRESETS
+    from fertk.train.fer import FerTrainConfig, train_fer
+
+    p = PRESETS["default"]
+
+    def noise(identities: int, source: str) -> FaceArrays:
+        n = identities * len(p.classes)
+        return FaceArrays(np.full((n, p.face_size, p.face_size), 128, np.uint8),
+                          np.tile(np.arange(len(p.classes)), identities), p.classes,
+                          np.repeat([f"{source}{i}" for i in range(identities)], len(p.classes)),
+                          np.array([source] * n))
+
+    config = FerTrainConfig(variant="paper", input_size=p.face_size, epochs=p.min_epochs + p.patience,
+                            batch_size=p.batch_size, lr=p.lr, patience=p.patience, min_epochs=p.min_epochs,
+                            plateau_restarts=p.plateau_restarts, plateau_steps=p.plateau_steps, augment=False,
+                            seed=0, threads=1, device="cpu")
+    result = train_fer(noise(p.split_sizes[0], "tr"), noise(p.split_sizes[1], "va"), config, tmp_path / "run",
+                       progress=False)
+    assert result.restarts >= 1, (result.restarts, result.epochs_run, result.stop_reason)

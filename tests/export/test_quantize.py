@@ -42,22 +42,22 @@ def blob_faces(n: int, seed: int) -> FaceArrays:
                       np.array(["blobs"] * n))
 
 
-@pytest.fixture(scope="module")
-def trained_fer():
-    """A paper-variant FER CNN at 16 px, trained for 20 Adam steps (~100 % on the blob task)."""
+def train_blob_fer(seed: int = 0):
+    """A paper-variant FER CNN at 16 px, trained for 40 Adam steps (100 % on the blob task for
+    every seed swept; 20 steps left seed 7 at 72 % on an AVX2 EPYC)."""
     from fertk.models.fer_cnn import FerCNN, FerCNNConfig, fer_card
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny batches: one thread avoids oversubscription on shared CPUs
     try:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         data = blob_faces(384, 0)
         x = torch.from_numpy(data.images.astype(np.float32)[:, None] / 255)
         y = torch.from_numpy(data.labels)
         model = FerCNN(FerCNNConfig(input_size=SIZE))
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
         model.train()
-        for _ in range(20):
+        for _ in range(40):
             idx = torch.randint(0, len(y), (32,))
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad()
@@ -69,27 +69,68 @@ def trained_fer():
     return model, fer_card(model).to_dict()
 
 
-def test_int8_qdq_keeps_accuracy_of_a_trained_classifier(trained_fer, tmp_path: Path) -> None:
-    model, card = trained_fer
-    calibration = blob_faces(160, 1)
-    artifact = export_module(model, model_card=card, task="classifier", out=tmp_path / "fer",
-                             calibration=calibration, options=ExportOptions(precision="int8", calibration_batch=32))
-    entry = artifact.card.variants["int8"]
-    accuracy = entry["accuracy"]
-    assert entry["per_channel"] and entry["calibration_batches"] == 4  # 5 batches: 4 calibrate, 1 held out
-    assert accuracy["held_out"] and accuracy["samples"] == 32
-    assert accuracy["fp32_accuracy"] >= 0.9, "the briefly trained model should solve the blob task"
-    assert accuracy["argmax_agreement"] >= 0.95
-    assert accuracy["int8_accuracy"] >= accuracy["fp32_accuracy"] - 0.05
-    ops = {n.op_type for n in onnx.load(str(artifact.onnx_path("int8"))).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+@pytest.fixture(scope="module")
+def trained_fer():
+    return train_blob_fer(0)
 
+
+def _int8_artifact(model, card, out: Path):
+    calibration = blob_faces(160, 1)
+    return export_module(model, model_card=card, task="classifier", out=out,
+                         calibration=calibration, options=ExportOptions(precision="int8", calibration_batch=32))
+
+
+def _fresh_accuracy(artifact) -> float:
     fresh = blob_faces(64, 2)
     x = faces_to_input(fresh.images, artifact.card.input_specs()[0])
     with open_engine(artifact.path, precision="int8") as engine:
         assert engine.describe()["model"].endswith("model.int8.onnx")
         predicted = engine.run({"image": x})["logits"].argmax(1)
-    assert np.mean(predicted == fresh.labels) >= 0.9
+    return float(np.mean(predicted == fresh.labels))
+
+
+def int8_statistics(seed: int, workdir: Path) -> dict[str, float]:
+    """Train (seed `seed`), quantise, and measure: fp32 / int8 held-out accuracy, their argmax
+    agreement, the int8 accuracy on fresh faces. Also run by tests/tools/threshold_sweep.py."""
+    model, card = train_blob_fer(seed)
+    artifact = _int8_artifact(model, card, workdir / "fer")
+    accuracy = artifact.card.variants["int8"]["accuracy"]
+    return {"fp32_accuracy": accuracy["fp32_accuracy"], "argmax_agreement": accuracy["argmax_agreement"],
+            "int8_drop": accuracy["fp32_accuracy"] - accuracy["int8_accuracy"],
+            "fresh_int8_accuracy": _fresh_accuracy(artifact)}
+
+
+# (statistic, op, bound), checked over training seeds 0-11 (tests/tools/threshold_sweep.py
+# int8-blobs; 2-core AMD EPYC, AVX2, torch 2.13.0+cpu, onnxruntime 1.32.0): with 40 Adam steps
+# every seed gave fp32 and int8 accuracy 1.0, agreement 1.0, fresh int8 accuracy 1.0. (With the
+# earlier 20 steps seed 7 stopped at fp32 0.72 / fresh 0.83, so the bounds below held for seed 0
+# by luck.) Training and ORT's INT8 kernels both depend on the CPU (AVX2 vs AVX-512 / VNNI).
+INT8_LIMITS: tuple[tuple[str, str, float], ...] = (
+    ("fp32_accuracy", ">", 0.9 - 1e-9),     # the briefly trained model solves the blob task
+    ("argmax_agreement", ">", 0.95 - 1e-9),
+    ("int8_drop", "<", 0.05 + 1e-9),
+    ("fresh_int8_accuracy", ">", 0.9 - 1e-9),
+)
+
+
+def _broken(stats: dict[str, float], limits) -> list[str]:
+    return [f"{k} = {stats[k]:.4f}, expected {op} {bound}" for k, op, bound in limits
+            if not (stats[k] < bound if op == "<" else stats[k] > bound)]
+
+
+def test_int8_qdq_keeps_accuracy_of_a_trained_classifier(trained_fer, tmp_path: Path) -> None:
+    model, card = trained_fer
+    artifact = _int8_artifact(model, card, tmp_path / "fer")
+    entry = artifact.card.variants["int8"]
+    accuracy = entry["accuracy"]
+    assert entry["per_channel"] and entry["calibration_batches"] == 4  # 5 batches: 4 calibrate, 1 held out
+    assert accuracy["held_out"] and accuracy["samples"] == 32
+    ops = {n.op_type for n in onnx.load(str(artifact.onnx_path("int8"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    stats = {"fp32_accuracy": accuracy["fp32_accuracy"], "argmax_agreement": accuracy["argmax_agreement"],
+             "int8_drop": accuracy["fp32_accuracy"] - accuracy["int8_accuracy"],
+             "fresh_int8_accuracy": _fresh_accuracy(artifact)}
+    assert not _broken(stats, INT8_LIMITS), (_broken(stats, INT8_LIMITS), stats)
 
 
 def test_int8_agreement_gate_fails_loudly(trained_fer, tmp_path: Path) -> None:

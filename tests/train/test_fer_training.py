@@ -38,7 +38,9 @@ def _rows_without_time(history: list[dict[str, float]]) -> list[dict[str, float]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def test_training_learns_procedural_expressions_well_above_chance(tmp_path: Path) -> None:
+def two_class_statistics(seed: int, workdir: Path) -> dict[str, float]:
+    """Train the authors-code CNN on two procedural expressions (training seed `seed`, data fixed);
+    its test accuracy. Also run by tests/tools/threshold_sweep.py over several seeds."""
     classes = ("happiness", "surprise")
     train = procedural_faces(classes, 60, seed=1, size=32, source="train")
     val = procedural_faces(classes, 12, seed=2, size=32, source="val")
@@ -46,13 +48,25 @@ def test_training_learns_procedural_expressions_well_above_chance(tmp_path: Path
     # Small faces and a larger step than the paper's 1e-4 keep this a few seconds of CPU; the
     # CNN needs ~40-80 Adam steps to leave its initial plateau here, so 24 epochs x 4 steps.
     config = FerTrainConfig(variant="authors-code", input_size=32, epochs=24, batch_size=32, lr=1e-3,
-                            patience=0, seed=0, threads=2, device="cpu")
-    result = train_fer(train, val, config, tmp_path / "run", progress=False)
-    model, card = load_fer_model(result.model_path)
-    report = evaluate(model, test)
-    print(f"procedural 2-class test accuracy {report.accuracy:.3f} (best epoch {result.best_epoch})")
-    assert report.accuracy >= 0.85, report.summary()  # chance is 0.5
-    assert card.extra["metrics"]["best_epoch"] == result.best_epoch
+                            patience=0, seed=seed, threads=2, device="cpu")
+    result = train_fer(train, val, config, workdir / "run", progress=False)
+    model, _card = load_fer_model(result.model_path)
+    return {"accuracy": evaluate(model, test).accuracy, "best_epoch": float(result.best_epoch)}
+
+
+# (statistic, op, bound), checked over training seeds (tests/tools/threshold_sweep.py fer-two-class;
+# 2-core AMD EPYC, AVX2, torch 2.13.0+cpu): seeds 0-3 all gave test accuracy 1.0 (best epoch
+# 23-24), so 0.85 clears the worst seed by 0.15. The accuracy depends on the CPU's kernels (AVX2
+# vs AVX-512) like any training run.
+TWO_CLASS_LIMITS: tuple[tuple[str, str, float], ...] = (("accuracy", ">", 0.85),)  # chance is 0.5
+
+
+def test_training_learns_procedural_expressions_well_above_chance(tmp_path: Path) -> None:
+    stats = two_class_statistics(0, tmp_path)
+    print(f"procedural 2-class test accuracy {stats['accuracy']:.3f} (best epoch {stats['best_epoch']:.0f})")
+    assert stats["accuracy"] > TWO_CLASS_LIMITS[0][2], stats
+    model, card = load_fer_model(tmp_path / "run" / "model.safetensors")
+    assert card.extra["metrics"]["best_epoch"] == stats["best_epoch"]
     assert card.extra["training_data"]["train"]["classes"] == {"happiness": 60, "surprise": 60}
 
 

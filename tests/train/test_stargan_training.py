@@ -192,21 +192,22 @@ def _expression_cnn(faces: torch.Tensor, labels: torch.Tensor, epochs: int = 15)
     return net.eval()
 
 
-def test_short_run_teaches_the_discriminator_and_generator_the_expressions(tmp_path: Path) -> None:
-    """Fast check with D's own classifier head (the independent-judge version is the slow test):
-    D learns to tell expressions of unseen identities, and G's translations of unseen faces are
-    classified as their targets, where the untrained G's are at chance."""
+def short_run_statistics(seed: int, workdir: Path) -> dict[str, float]:
+    """One short StarGAN run (training seed `seed`; data fixed) and what the fast test checks:
+    D's classifier head on translations by the untrained G (`before`) and the trained G
+    (`after`), on unseen real faces (`real`), and the cycle loss's last/first ratio (`rec_ratio`).
+    Also run by tests/tools/threshold_sweep.py over several seeds."""
     from fertk.train.stargan import build_networks
 
     config = StarGANTrainConfig(image_size=32, conv_dim=8, repeat_num=1, batch_size=16, n_critic=3,
                                 g_lr=2e-4, d_lr=2e-4, lambda_cls=10.0, num_iters=300, num_iters_decay=150,
                                 log_every=10, sample_every=300, save_every=300, device="cpu",
-                                checkpoint_format="safetensors", seed=0)
+                                checkpoint_format="safetensors", seed=seed)
     test_x, test_y = _as_tensors(_procedural_faces(20, seed=2))
     G0, D0 = build_networks(config)  # exactly the networks the run starts from
     before = _translation_accuracy(G0, lambda x: D0(x)[1], test_x, test_y)
 
-    result = train_stargan(config, _procedural_faces(40, seed=0), tmp_path, progress=False)
+    result = train_stargan(config, _procedural_faces(40, seed=0), workdir, progress=False)
     G, _ = load_stargan_generator(result.generator)
     D, _ = load_stargan_discriminator(result.discriminator)
     with torch.no_grad():
@@ -214,11 +215,50 @@ def test_short_run_teaches_the_discriminator_and_generator_the_expressions(tmp_p
     after = _translation_accuracy(G, lambda x: D(x)[1], test_x, test_y)
     with open(result.losses_csv, newline="") as fh:
         rec = [float(r["G/loss_rec"]) for r in csv.DictReader(fh) if r["G/loss_rec"]]
-    # Measured on the current procedural world: before 0.13, real 0.63, after 0.73-0.78.
-    assert before < 0.35, before
-    assert real > 0.45, real      # chance is 1/6
-    assert after > 0.6 and after > before + 0.4, (before, after)
-    assert np.mean(rec[-3:]) < 0.9 * np.mean(rec[:3]), rec  # the cycle reconstruction improves
+    return {"before": before, "real": real, "after": after, "gain": after - before,
+            "rec_ratio": float(np.mean(rec[-3:]) / np.mean(rec[:3]))}
+
+
+# Limits of the fast test, (statistic, "<" or ">", bound): the worst of six training seeds minus a
+# quarter of their range (tests/tools/threshold_sweep.py stargan-short; measured on the 2-core
+# AMD EPYC, AVX2, torch 2.13.0+cpu, 2026-12-01). Seeds 0-5 gave
+#   before     0.133 0.167 0.200 0.158 0.167 0.167   (chance 1/6)
+#   real       0.658 0.608 0.558 0.450 0.433 0.475
+#   after      0.758 0.808 0.383 0.342 0.542 0.425
+#   gain       0.625 0.642 0.183 0.183 0.375 0.258
+#   rec_ratio  0.901 0.730 0.683 0.766 0.735 0.688
+# The values depend on the CPU's kernels (AVX2 vs AVX-512 oneDNN paths round differently and 300
+# GAN steps carry that on): seed 0's rec_ratio was 0.9006 here and just under 0.9 on the Zen-5
+# AVX-512 VM, so the old bounds (real > 0.45, after > 0.6, gain > 0.4, rec_ratio < 0.9, all fit to
+# seed 0 on one machine) passed there and failed here, and seeds 2-5 break them anywhere. After
+# 300 steps G has learned the expressions on some seeds and only begun on others (after is
+# bimodal), so this fast test claims "well above chance and better than the untrained G"; the
+# slow test checks the strong form with an independent judge.
+SHORT_RUN_LIMITS: tuple[tuple[str, str, float], ...] = (
+    ("before", "<", 0.35),     # the untrained G's translations are at chance for D0
+    ("real", ">", 0.37),       # D tells unseen identities' expressions (chance is 1/6)
+    ("after", ">", 0.22),      # G's translations read as their targets, above chance
+    ("gain", ">", 0.06),       # and better than the untrained G's
+    ("rec_ratio", "<", 0.96),  # the cycle reconstruction improves
+)
+
+
+def check_limits(stats: dict[str, float], limits: tuple[tuple[str, str, float], ...]) -> list[str]:
+    """The limits `stats` breaks, as readable lines (empty: all hold)."""
+    broken = []
+    for name, op, bound in limits:
+        value = stats[name]
+        if not (value < bound if op == "<" else value > bound):
+            broken.append(f"{name} = {value:.5f}, expected {op} {bound}")
+    return broken
+
+
+def test_short_run_teaches_the_discriminator_and_generator_the_expressions(tmp_path: Path) -> None:
+    """Fast check with D's own classifier head (the independent-judge version is the slow test):
+    D learns to tell expressions of unseen identities, and G's translations of unseen faces are
+    classified as their targets, where the untrained G's are at chance."""
+    stats = short_run_statistics(0, tmp_path)
+    assert not check_limits(stats, SHORT_RUN_LIMITS), (check_limits(stats, SHORT_RUN_LIMITS), stats)
 
 
 @pytest.mark.slow

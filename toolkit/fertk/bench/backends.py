@@ -1,5 +1,9 @@
 """The backends `fertk bench` runs, as (engine backend, device, options, precisions), and whether
-each can run here (from `fertk.engines.backend_report`, one line of reason when not)."""
+each can run here (from `fertk.engines.backend_report`, one line of reason when not).
+
+A bench backend that is one of `fertk info`'s backend rows has that row's name (ort-tensorrt,
+not ort-trt: the old spelling is still accepted); the others add a variant suffix (-cl, -compile,
+-graphs) or are the hand loop."""
 
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ BACKENDS: dict[str, BenchBackend] = {b.name: b for b in (
     BenchBackend("ort-cuda", "ort", "cuda", "ort-cuda", ("fp32", "fp16"), "onnxruntime CUDA EP",
                  {"provider": "cuda"}, not_offered={"bf16": _ORT_BF16,
                                                     "int8": "the CUDA EP runs QDQ graphs slowly; int8 on GPU is TensorRT's"}),
-    BenchBackend("ort-trt", "ort", "cuda", "ort-tensorrt", ("fp32", "fp16"), "onnxruntime TensorRT EP",
+    BenchBackend("ort-tensorrt", "ort", "cuda", "ort-tensorrt", ("fp32", "fp16"), "onnxruntime TensorRT EP",
                  {"provider": "tensorrt"},
                  not_offered={"bf16": _ORT_BF16, "int8": "the TensorRT EP needs a calibration table for int8, "
                                                          "which fertk does not write; int8 on GPU: the trt backend"}),
@@ -72,10 +76,14 @@ HAND_LOOP = {"cpu": "hand-loop-cpu", "cuda": "hand-loop-cuda"}
 
 
 def get_backend(name: str) -> BenchBackend:
-    """A bench backend by name, or InvalidInputError listing the known ones."""
-    if name not in BACKENDS:
+    """A bench backend by name (older spellings such as `ort-trt` accepted), or InvalidInputError
+    listing the known ones."""
+    from fertk.engines import canonical_backend_name
+
+    canonical = canonical_backend_name(name)
+    if canonical not in BACKENDS:
         raise InvalidInputError(f"unknown bench backend {name!r}", hint="choose from " + ", ".join(BACKENDS))
-    return BACKENDS[name]
+    return BACKENDS[canonical]
 
 
 def availability() -> dict[str, tuple[bool, str]]:

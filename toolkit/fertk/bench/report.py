@@ -93,6 +93,21 @@ def render_table(results: BenchResults, console: Any) -> None:
             skipped.add_row(row.model, row.backend, row.precision, "-" if row.batch is None else str(row.batch),
                             row.status, escape(row.reason))
         console.print(skipped, width=width)
+    console.print(escape("\n".join(recommendation_lines(results))), highlight=False, width=width)
+
+
+def recommendation_lines(results: BenchResults) -> list[str]:
+    """The closing block: which backend + precision to run each model with here, and its speed-up."""
+    from fertk.bench.results import Recommendation
+
+    lines = ["Recommended here (fastest backend + precision that passed parity, vs torch eager fp32):"]
+    for data in results.recommendations:
+        rec = Recommendation(**data)
+        lines.append("  " + rec.line())
+        lines.extend(f"    not chosen: {why}" for why in rec.excluded)
+    if len(lines) == 1:
+        lines.append("  nothing measured: no recommendation")
+    return lines
 
 
 def _wide(console: Any, width: int) -> Any:

@@ -75,9 +75,14 @@ class BenchRow:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BenchRow":
-        """Inverse of to_dict; unknown keys go to `extra`."""
+        """Inverse of to_dict; unknown keys go to `extra`; old backend spellings (ort-trt) are mapped
+        onto today's, so `--compare` matches rows of earlier runs."""
+        from fertk.engines import canonical_backend_name
+
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
+        if isinstance(known.get("backend"), str):
+            known["backend"] = canonical_backend_name(known["backend"])
         extra = dict(known.pop("extra", {}) or {})
         extra.update({k: v for k, v in data.items() if k not in names})
         return cls(**known, extra=extra)
@@ -97,6 +102,8 @@ class BenchResults:
     created: str = ""
     seconds: float = 0.0
     schema: str = SCHEMA
+    # The answer to "which backend should I run?": per model and device, see `recommend`.
+    recommendations: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -104,6 +111,7 @@ class BenchResults:
             "schema": self.schema, "created": self.created, "seconds": self.seconds, "config": self.config,
             "machine": self.machine, "peaks": self.peaks, "bandwidth": self.bandwidth, "flops": self.flops,
             "builds": self.builds, "rows": [r.to_dict() for r in self.rows],
+            "recommendations": self.recommendations,
         })
 
     @classmethod
@@ -118,6 +126,7 @@ class BenchResults:
             bandwidth=list(data.get("bandwidth", [])), flops=dict(data.get("flops", {})),
             builds=list(data.get("builds", [])), created=str(data.get("created", "")),
             seconds=float(data.get("seconds", 0.0)), schema=schema,
+            recommendations=list(data.get("recommendations", [])),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -242,3 +251,81 @@ def fill_speedups(rows: Sequence[BenchRow], *, eager_backends: Mapping[str, str]
 def rows_where(rows: Iterable[BenchRow], **match: Any) -> list[BenchRow]:
     """Rows whose attributes equal every keyword given."""
     return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
+
+
+# -- the recommendation -------------------------------------------------------------------------
+
+@dataclass
+class Recommendation:
+    """The backend + precision to run a model with on one device, and what it measured."""
+
+    model: str
+    device: str
+    backend: str
+    precision: str
+    batch: int | None                   # the batch the speed-up is measured at (the largest both ran)
+    items_per_s: float | None
+    unit: str
+    eager_items_per_s: float | None     # torch eager fp32 at that batch
+    speedup_vs_eager: float | None
+    note: str = ""                      # caveats: int8 accuracy, parity not checked, eager is best
+    excluded: list[str] = field(default_factory=list)   # faster rows left out, with why
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return _finite(asdict(self))
+
+    def line(self) -> str:
+        """One line for the table output."""
+        speed = (f"{self.speedup_vs_eager:.2f}x torch eager fp32" if self.speedup_vs_eager is not None
+                 else "no torch eager fp32 row at the same batch to compare with")
+        rate = f"{self.items_per_s:,.1f} {self.unit}s/s" if self.items_per_s else "-"
+        text = f"{self.model} on {self.device}: {self.backend} {self.precision} — {rate} at batch {self.batch}, {speed}"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def recommend(rows: Sequence[BenchRow], *, eager_backends: Mapping[str, str],
+              baseline_backends: Iterable[str] = ()) -> list[Recommendation]:
+    """Per (model, device): the measured backend + precision with the largest speed-up over torch
+    eager fp32, compared at the largest batch both ran (`speedup_vs_eager` must be filled first).
+
+    A (backend, precision) whose parity check failed on any batch is not recommended (it is listed
+    in `excluded` when it was faster); `baseline_backends` (the plain PyTorch loop) are references,
+    not engines, and never recommended. Rows without a parity check (--no-parity) count, with a note.
+    """
+    baselines = set(baseline_backends)
+    out: list[Recommendation] = []
+    groups: dict[tuple[str, str], dict[tuple[str, str], list[BenchRow]]] = {}
+    for row in rows:
+        if row.ok and row.items_per_s and row.batch is not None and row.backend not in baselines:
+            groups.setdefault((row.model, row.device), {}).setdefault((row.backend, row.precision), []).append(row)
+    for (model, device), candidates in groups.items():
+        eager = eager_backends.get(device)
+        scored = []
+        for (backend, precision), group in candidates.items():
+            compared = [r for r in group if r.speedup_vs_eager is not None]
+            pick = max(compared or group, key=lambda r: r.batch or 0)
+            failed = [r.batch for r in group if r.parity_passed is False]
+            score = pick.speedup_vs_eager if pick.speedup_vs_eager is not None else 0.0
+            scored.append((score, pick.items_per_s or 0.0, backend, precision, pick, failed))
+        scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
+        chosen = next((t for t in scored if not t[5]), None)
+        if chosen is None:
+            continue
+        excluded = [f"{b} {p}: {s:.2f}x but parity failed at batch {', '.join(map(str, f))}"
+                    for s, _, b, p, _, f in scored if f and s > chosen[0]]
+        _, _, backend, precision, pick, _ = chosen
+        base = next((r for r in candidates.get((eager or "", "fp32"), []) if r.batch == pick.batch), None)
+        notes = []
+        if backend == eager and precision == "fp32":
+            notes.append("torch eager fp32 was the fastest row that passed parity")
+        if pick.parity_passed is None:
+            notes.append("parity not checked")
+        accuracy = pick.extra.get("int8_accuracy") or {}
+        if precision == "int8" and accuracy.get("int8_accuracy") is not None:
+            notes.append(f"INT8 accuracy {accuracy['fp32_accuracy']:.1%} -> {accuracy['int8_accuracy']:.1%} on "
+                         f"{accuracy.get('samples', '?')} held-out faces; check it with your trained --weights")
+        out.append(Recommendation(model, device, backend, precision, pick.batch, pick.items_per_s, pick.unit,
+                                  base.items_per_s if base else None, pick.speedup_vs_eager, "; ".join(notes),
+                                  excluded))
+    return out

@@ -31,7 +31,7 @@ from fertk.bench.backends import BACKENDS, EAGER, HAND_LOOP, BenchBackend, avail
 from fertk.bench.flops import FlopCount, count_flops
 from fertk.bench.models import MODELS, BenchModel, BenchSubject, BuildContext, calibration_data, get_model
 from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak, torch_threads
-from fertk.bench.results import BenchResults, BenchRow, fill_speedups
+from fertk.bench.results import BenchResults, BenchRow, fill_speedups, recommend
 from fertk.bench.timing import MemoryWatch, TimingPolicy, time_calls
 from fertk.errors import FertkError, InvalidInputError, UnsupportedPrecisionError
 
@@ -41,6 +41,10 @@ PARITY_BATCH = 4            # parity runs on min(batch, PARITY_BATCH) seeded sam
 PARITY_SEED = 4242
 ROTATION_BYTES = 64 * 2**20  # pre-generated inputs per row: enough batches to exceed the CPU's last-level cache
 Progress = Callable[[str], None]
+# Why generator graphs get no INT8 rows unless asked (--int8-generators).
+GENERATOR_INT8 = ("not offered for generator graphs: QDQ generators lose parity (procedural pipeline: 150 grey "
+                  "levels), the quantised procedural pipeline does not load in onnxruntime 1.32 (Split axis "
+                  "out of range), and calibrating a paper-scale GAN needs > 24 GiB; --int8-generators tries anyway")
 
 
 @dataclass
@@ -62,9 +66,11 @@ class BenchConfig:
     calibration_samples: int = 256      # INT8 calibration + held-out check (procedural faces for the FER CNN)
     weights: dict[str, str] = field(default_factory=dict)   # model key -> weights file
     quick: bool = False
-    # INT8 rows for generator/pipeline graphs. Off by default: ORT's QDQ calibration keeps every
-    # activation of every calibration batch, which for the paper-scale GAN pipeline went past 24 GiB
-    # (OOM-killed here), and QDQ generators fail parity anyway (procedural pipeline: 150 grey levels).
+    # INT8 rows for generator/pipeline graphs. Off by default (also in --quick): ORT's QDQ
+    # calibration keeps every activation of every calibration batch, which for the paper-scale GAN
+    # pipeline went past 24 GiB (OOM-killed here); the quantised procedural pipeline does not load
+    # in onnxruntime 1.32 ("Split ... axis 1 is not in valid range"); and QDQ generators fail
+    # parity anyway (procedural pipeline: 150 grey levels).
     int8_generators: bool = False
 
     def __post_init__(self) -> None:
@@ -74,8 +80,7 @@ class BenchConfig:
         self.batches = tuple(int(b) for b in self.batches)
         for key in self.models:
             get_model(key)
-        for name in self.backends:
-            get_backend(name)
+        self.backends = tuple(get_backend(name).name for name in self.backends)  # old spellings -> canonical
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad:
             raise InvalidInputError(f"unknown precision {bad[0]!r}", hint="choose from " + ", ".join(PRECISIONS))
@@ -109,7 +114,7 @@ def quick_config(**overrides: Any) -> BenchConfig:
         models=("fer-cnn:paper", "pipeline:procedural"),
         backends=("torch-cpu", "torch-cpu-cl", "ort-cpu", "hand-loop-cpu"),
         batches=(1, 32), precisions=("fp32", "int8"), budget_s=1.0, warmup_s=0.2,
-        max_call_s=5.0, scale="small", quick=True, int8_generators=True,
+        max_call_s=5.0, scale="small", quick=True, int8_generators=False,
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return BenchConfig(**base)
@@ -158,10 +163,13 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
 
 
 def finish_results(results: BenchResults, started: float | None = None) -> BenchResults:
-    """Fill the speed-up columns (vs eager, vs the hand loop) and the run's seconds; idempotent."""
+    """Fill the speed-up columns (vs eager, vs the hand loop), the recommendation per model and
+    device, and the run's seconds; idempotent."""
     fill_speedups(results.rows, eager_backends=EAGER, hand_loop_backends=HAND_LOOP,
                   hand_loop_models={k: "pipeline:" + k.split(":", 1)[1] for k in MODELS
                                     if k.startswith(("pipeline:", "synth:"))})
+    results.recommendations = [r.to_dict() for r in recommend(results.rows, eager_backends=EAGER,
+                                                                  baseline_backends=HAND_LOOP.values())]
     if started is not None:
         results.seconds = round(time.perf_counter() - started, 2)
     return results
@@ -316,9 +324,7 @@ class _ModelRunner:
         for precision in precisions:
             if (self.model.synth_generator is None and precision == "int8" and not self.config.int8_generators
                     and self.subject.task != "classifier"):
-                state.add(self._row(backend, precision, None, status="skipped",
-                                    reason="int8 rows are for classifiers by default (QDQ generators lose parity, and "
-                                           "calibrating a paper-scale GAN needs > 24 GiB); add --int8-generators"))
+                state.add(self._row(backend, precision, None, status="skipped", reason=GENERATOR_INT8))
                 continue
             if self.model.synth_generator is not None:
                 self._run_synth(backend, precision)

@@ -32,7 +32,7 @@ def _weights(pairs: list[str] | None) -> dict[str, str]:
 @app.command()
 def bench(
     models: str = typer.Option(None, "--models", help="Comma-separated bench models (see --list); default all."),
-    backends: str = typer.Option(None, "--backends", help="Comma-separated bench backends; default all (unavailable ones say why)."),
+    backends: str = typer.Option(None, "--backends", help="Comma-separated bench backends, named as in `fertk info` (ort-trt = ort-tensorrt); default all (unavailable ones say why)."),
     batches: str = typer.Option(None, "--batches", help="Comma-separated batch sizes; default 1,8,32,128,256."),
     precisions: str = typer.Option(None, "--precisions", help="Comma-separated: fp32, fp16, bf16, int8; default all each backend offers."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch and onnxruntime alike; default torch's."),
@@ -49,7 +49,7 @@ def bench(
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the per-row parity check against PyTorch fp32."),
     out_dir: Path = typer.Option(None, "--out", help="Write <cpu|gpu>-<date>.json and .png into this folder."),
     compare: Path = typer.Option(None, "--compare", help="A previous results JSON: print new/old ratios."),
-    quick: bool = typer.Option(False, "--quick", help="About a minute: FER CNN + procedural pipeline on CPU backends."),
+    quick: bool = typer.Option(False, "--quick", help="About a minute idle: FER CNN + procedural pipeline on CPU backends, ending with the backend to run."),
     list_only: bool = typer.Option(False, "--list", help="List bench models and backends, then exit."),
     json_output: bool = JSON_OPTION,
 ) -> None:

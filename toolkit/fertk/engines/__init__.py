@@ -35,6 +35,15 @@ from fertk.engines.base import Engine, EngineStats, TensorSpec
 from fertk.errors import BackendUnavailableError, InvalidInputError
 
 BACKENDS = ("torch", "ort", "trt")
+# Backend rows (`fertk info`, `fertk bench` rows and --backends) have one spelling each, the names
+# of `backend_report`; older spellings are accepted and mapped onto them.
+BACKEND_ALIASES = {"ort-trt": "ort-tensorrt"}
+
+
+def canonical_backend_name(name: str) -> str:
+    """The one spelling of a backend row name (`ort-trt` -> `ort-tensorrt`); others unchanged."""
+    return BACKEND_ALIASES.get(name.strip().lower(), name.strip())
+
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # (report row, backend, device, extra options) in auto's order of preference.
 AUTO_ORDER: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
@@ -307,5 +316,5 @@ def _open_trt(source: Any, kind: str, device: str, precision: str, input_specs: 
                      onnx_sha256=artifact.card.onnx.get("sha256"))
 
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BackendStatus", "Engine", "EngineStats", "TensorSpec", "backend_report",
-           "choose_backend", "open_engine"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_ALIASES", "BackendStatus", "Engine", "EngineStats", "TensorSpec", "backend_report",
+           "canonical_backend_name", "choose_backend", "open_engine"]
