@@ -277,7 +277,7 @@ class ProceduralFaces(nn.Module):
             "skin_palette_rgb": torch.tensor(SKIN_PALETTE),
             "warmth_rgb": torch.tensor([0.04, 0.0, -0.06]),
             "lip_tint_rgb": torch.tensor([0.92, 0.62, 0.62]),
-            "sclera": torch.tensor([0.93, 0.92, 0.90]) @ to_channels,
+            "sclera": torch.tensor([0.80, 0.78, 0.76]) @ to_channels,
             "cavity": torch.tensor([0.28, 0.10, 0.10]) @ to_channels,
             "teeth": torch.tensor([0.93, 0.91, 0.85]) @ to_channels,
             "hair_palette": torch.tensor(HAIR_PALETTE) @ to_channels,
@@ -363,8 +363,8 @@ class ProceduralFaces(nn.Module):
 
         fw, fh = p("face_width") * k, p("face_height") * k
         ew, ex, ey = p("eye_size") * k, p("eye_spacing") * k, p("eye_height") * k
-        hu0 = ew * p("eye_openness") * 1.15               # resting upper-lid height above the eye line
-        hl0 = ew * p("eye_openness") * 0.75               # resting lower-lid depth below it
+        hu0 = ew * p("eye_openness") * 0.75               # resting upper-lid height above the eye line
+        hl0 = ew * p("eye_openness") * 0.70               # resting lower-lid depth below it
         ny = ey + p("nose_length") * k                    # nose tip
         nw = p("nose_width") * k
         my = ny + p("mouth_height") * k                   # lip line
@@ -494,10 +494,10 @@ class ProceduralFaces(nn.Module):
         a6, a7, a9, a12 = a("AU6"), a("AU7"), a("AU9"), a("AU12")
         a14, a15, a16, a20 = a("AU14"), a("AU15"), a("AU16"), a("AU20")
         a23, a26 = a("AU23"), a("AU26")
-        raise_in = (0.085 * a1 + 0.02 * a2 - 0.05 * a4 - 0.02 * a9) * k
-        raise_out = (0.015 * a1 + 0.075 * a2 - 0.03 * a4 - 0.01 * a9) * k
-        arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.6 * a4)
-        s_b = (Aw - (ex + 0.01 * k - 0.025 * k * a4)) / bw                         # [M, E, 1, w]
+        raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 + 0.03 * a1 * a4 - 0.02 * a9) * k
+        raise_out = (0.0 * a1 + 0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
+        arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4)
+        s_b = (Aw - (ex + 0.01 * k - 0.04 * k * a4 )) / bw                         # [M, E, 1, w]
         brow_v = (by - 0.5 * (raise_in + raise_out)) + arch * (s_b * s_b - 1.0) + 0.5 * (raise_in - raise_out) * s_b
         brow_half = bt * (0.5 - 0.15 * s_b) + 0.5
         brow_ends = (bw * (1.0 - s_b.abs()) + 0.5).clamp(0.0, 1.0)
@@ -505,7 +505,7 @@ class ProceduralFaces(nn.Module):
         win = win.lerp_(color(brow_c), a_brow.unsqueeze(2))
 
         # ---- eyes: an opening between two parabolic lids, iris disc, lash line -------------
-        hu = hu0 * (1.0 + 0.9 * a5 - 0.25 * a7 - 0.35 * a6 - 0.15 * a4).clamp(min=0.08)
+        hu = hu0 * (1.0 + 1.1 * a5 - 0.1 * a7 - 0.4 * a6 - 0.45 * a4 + 0.25 * a4 * a5 - 0.3 * a9).clamp(min=0.08)
         hl = hl0 * (1.0 - 0.55 * a7 - 0.5 * a6 - 0.25 * a9).clamp(min=0.15)
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
@@ -526,10 +526,10 @@ class ProceduralFaces(nn.Module):
         lash = lash.mul_(lash_cols).sub_(a_eye).clamp_(min=0.0)
 
         # ---- mouth: lip line mid(s) = my + c s^2 - lift (1 - s^2), opening and lips around it
-        mw_e = mw * (1.0 + 0.22 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16)
-        corner = (0.060 * a15 + 0.02 * a20 + 0.01 * a16 - 0.085 * a12) * k
-        lift = 0.022 * k * a9
-        gap = (0.20 * a26 * (1.0 - 0.6 * a20) + 0.045 * a12 + 0.045 * a16 + 0.025 * a20) * k
+        mw_e = mw * (1.0 + 0.30 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.08 * a15)
+        corner = (0.085 * a15 + 0.035 * a20 + 0.01 * a16 - 0.10 * a12) * k
+        lift = 0.045 * k * a9
+        gap = (0.20 * a26 * (1.0 - 0.6 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
         ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16)
@@ -621,6 +621,8 @@ class ProceduralFaces(nn.Module):
         return [
             _blob(A, V, 0.035 * k, by + 0.01 * k, 0.05 * k, 0.06 * k).mul_(glabella_line),     # glabella
             _blob(A, V, 0.0, by - 0.14 * k, 0.32 * k, 0.11 * k).mul_(forehead_lines).mul_(no_fringe),
+            _blob(A, V, 0.0, by - 0.12 * k, 0.15 * k, 0.10 * k).mul_(forehead_lines).mul_(no_fringe),
+            _blob(A, V, ex, ey - 0.3 * ew, 1.3 * ew, 0.9 * ew),                                # brow shadow
             _blob(A, V, ex + ew * 1.25, ey + 0.01 * k, 0.05 * k, 0.05 * k).mul_(crows_lines),  # crow's feet
             fold,                                                                               # nasolabial
             cheek.mul_(cheek),                                                                  # cheek highlight
@@ -662,12 +664,18 @@ def _feature_window(ranges: dict[str, tuple[float, float]], res: int, zoom: floa
 
 def _au_mask_weights() -> torch.Tensor:
     """[au_dim, K]: how strongly each AU deepens each crease mask (column order of `_crease_masks`)."""
-    w = torch.zeros(AU_DIM, 9)
-    glabella, forehead, crows, fold, cheek, bulge, nose, flare, dimple = range(9)
-    w[_AU["AU4"], glabella] = 0.45
+    w = torch.zeros(AU_DIM, 11)
+    glabella, forehead, forehead_mid, brow_shadow, crows, fold, cheek, bulge, nose, flare, dimple = range(11)
+    w[_AU["AU4"], glabella] = 0.6
     w[_AU["AU9"], glabella] = 0.2
-    w[_AU["AU1"], forehead] = 0.22
-    w[_AU["AU2"], forehead] = 0.18
+    w[_AU["AU1"], forehead] = 0.05
+    w[_AU["AU1"], forehead_mid] = 0.25
+    w[_AU["AU2"], forehead] = 0.2
+    w[_AU["AU4"], forehead_mid] = -0.1
+    w[_AU["AU4"], brow_shadow] = 0.5
+    w[_AU["AU9"], brow_shadow] = 0.1
+    w[_AU["AU1"], brow_shadow] = -0.08
+    w[_AU["AU2"], brow_shadow] = -0.08
     w[_AU["AU6"], crows] = 0.2
     w[_AU["AU6"], fold] = 0.08
     w[_AU["AU12"], fold] = 0.16
@@ -676,7 +684,7 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU12"], cheek] = -0.04
     w[_AU["AU6"], bulge] = 0.25
     w[_AU["AU7"], bulge] = 0.15
-    w[_AU["AU9"], nose] = 0.35
+    w[_AU["AU9"], nose] = 0.5
     w[_AU["AU9"], flare] = 0.55
     w[_AU["AU14"], dimple] = 0.45
     return w
