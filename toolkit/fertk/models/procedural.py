@@ -277,7 +277,7 @@ class ProceduralFaces(nn.Module):
             "skin_palette_rgb": torch.tensor(SKIN_PALETTE),
             "warmth_rgb": torch.tensor([0.04, 0.0, -0.06]),
             "lip_tint_rgb": torch.tensor([0.92, 0.62, 0.62]),
-            "sclera": torch.tensor([0.80, 0.78, 0.76]) @ to_channels,
+            "sclera": torch.tensor([0.86, 0.84, 0.82]) @ to_channels,
             "cavity": torch.tensor([0.28, 0.10, 0.10]) @ to_channels,
             "teeth": torch.tensor([0.93, 0.91, 0.85]) @ to_channels,
             "hair_palette": torch.tensor(HAIR_PALETTE) @ to_channels,
@@ -505,8 +505,12 @@ class ProceduralFaces(nn.Module):
         win = win.lerp_(color(brow_c), a_brow.unsqueeze(2))
 
         # ---- eyes: an opening between two parabolic lids, iris disc, lash line -------------
-        hu = hu0 * (1.0 + 1.1 * a5 - 0.1 * a7 - 0.4 * a6 - 0.45 * a4 + 0.25 * a4 * a5 - 0.3 * a9).clamp(min=0.08)
-        hl = hl0 * (1.0 - 0.55 * a7 - 0.5 * a6 - 0.25 * a9).clamp(min=0.15)
+        # A lowered brow (AU4 without AU1+2 lifting it) presses on the lid fold: AU5 then shows as a
+        # glare, not as white above the iris; AU4 alone also lowers the lid (sadness droops).
+        brow_low = a4 * (1.0 - 0.5 * a1) * (1.0 - 0.5 * a2)
+        droop = 0.6 * a4 * (1.0 - 0.75 * a2)
+        hu = hu0 * (1.0 + 1.3 * a5 * (1.0 - 0.85 * brow_low) - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
+        hl = hl0 * (1.0 - 0.4 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
         v_eye = Vw - ey + 0.5                                                      # row vector
@@ -525,11 +529,13 @@ class ProceduralFaces(nn.Module):
         lash = upper.add_(0.9 + 0.05 * ew).clamp_(0.0, 1.0).mul_(lower.add_(0.6).clamp_(0.0, 1.0))
         lash = lash.mul_(lash_cols).sub_(a_eye).clamp_(min=0.0)
 
-        # ---- mouth: lip line mid(s) = my + c s^2 - lift (1 - s^2), opening and lips around it
+        # ---- mouth: lip line mid(s) = my + c s^2 + d s^4 - lift (1 - s^2), opening and lips around it
+        # (a smile curves the whole line, s^2; AU15/AU20 pull only the corners down, s^4)
         mw_e = mw * (1.0 + 0.30 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.08 * a15)
-        corner = (0.085 * a15 + 0.035 * a20 + 0.01 * a16 - 0.10 * a12) * k
+        corner = (0.01 * a16 - 0.10 * a12) * k
+        corner_dn = (0.075 * a15 + 0.05 * a20) * k
         lift = 0.045 * k * a9
-        gap = (0.20 * a26 * (1.0 - 0.6 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
+        gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
         ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16)
@@ -538,7 +544,8 @@ class ProceduralFaces(nn.Module):
         tc = t_m.clamp(min=0.0)
         tl = tc.sqrt()                                                             # lip fullness profile
         g = gap * ((1.0 - square) * tc + square * tl)                              # opening profile
-        bend = (corner + lift) * t_m + 0.035 * k * a14 * sidew * (1.0 - t_m).clamp(max=2.0)
+        s2 = (1.0 - t_m).clamp(max=2.0)
+        bend = (corner + lift) * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * sidew * s2
         rel = (Vw - my - corner + 0.5) + bend                                     # (v - mid) + 0.5
         # Each lip edge is pulled in by half an AA unit so the two ramps cannot overlap (and
         # leave a faint line) where the lip thickness is zero beyond the corners.
@@ -548,7 +555,7 @@ class ProceduralFaces(nn.Module):
         win = win.lerp_(color(lips_c), a_lips.unsqueeze(2))
         a_cav = (rel - 0.5).clamp_(0.0, 1.0).mul_((g + 0.5 - rel).clamp_(0.0, 1.0))
         win = win.lerp_(color(self.cavity.expand(skin.shape[0], -1)), a_cav.unsqueeze(2))
-        upper_teeth = (0.045 * k + 1.0 - rel).clamp_(0.0, 1.0)
+        upper_teeth = (0.045 * k * (1.0 - 0.6 * a20) + 1.0 - rel).clamp_(0.0, 1.0)
         lower_teeth = (rel + (0.035 * k - g)).clamp_(0.0, 1.0).mul_((a16 + 0.6 * a20 + 0.3 * a26).clamp(max=1.0) * 0.8)
         teeth = torch.maximum(upper_teeth, lower_teeth).mul_(a_cav)
         win = win.lerp_(color(self.teeth.expand(skin.shape[0], -1)), teeth.unsqueeze(2))
@@ -612,8 +619,8 @@ class ProceduralFaces(nn.Module):
             return (1.0 - d.abs() / half_width).clamp(min=0.0)
 
         forehead_lines = (torch.cos((V - by) * (two_pi / (0.055 * k))) - 0.2).clamp(min=0.0)   # row
-        crows_lines = torch.cos((V - ey) * (two_pi / (0.03 * k))) * 0.5 + 0.5                  # row
-        nose_lines = torch.cos((V - ey) * (two_pi / (0.028 * k))) * 0.5 + 0.5                  # row
+        crows_lines = torch.cos((V - ey) * (two_pi / (0.045 * k))) * 0.5 + 0.5                  # row
+        nose_lines = torch.cos((V - ey) * (two_pi / (0.05 * k))) * 0.5 + 0.5                  # row
         glabella_line = ridge(A - 0.035 * k, (0.008 * k).clamp(min=0.6))                       # column
         bulge_line = ridge(V - (ey + hl0 + 0.035 * k), (0.01 * k).clamp(min=0.6))              # row
         cheek = _blob(A, V, ex + 0.03 * k, ey + 0.16 * k, 0.11 * k, 0.08 * k)
@@ -627,7 +634,7 @@ class ProceduralFaces(nn.Module):
             fold,                                                                               # nasolabial
             cheek.mul_(cheek),                                                                  # cheek highlight
             _blob(A, V, ex, ey + hl0, ew * 1.1, 0.08 * k).mul_(bulge_line),                     # lower-lid bulge
-            _blob(An, V, 0.0, ey + 0.07 * k, nw * 0.9, 0.06 * k).mul_(nose_lines),              # nose wrinkles
+            _blob(An, V, 0.0, ey + 0.06 * k, nw * 1.3, 0.075 * k).mul_(nose_lines),              # nose wrinkles
             flare.sub_(nostrils),                                                               # nostril flare
             _blob(U, V, fx - mw * 1.08, my - 0.005 * k, 0.028 * k, 0.03 * k),                  # AU14 dimple
         ]
@@ -668,6 +675,7 @@ def _au_mask_weights() -> torch.Tensor:
     glabella, forehead, forehead_mid, brow_shadow, crows, fold, cheek, bulge, nose, flare, dimple = range(11)
     w[_AU["AU4"], glabella] = 0.6
     w[_AU["AU9"], glabella] = 0.2
+    w[_AU["AU1"], glabella] = -0.4
     w[_AU["AU1"], forehead] = 0.05
     w[_AU["AU1"], forehead_mid] = 0.25
     w[_AU["AU2"], forehead] = 0.2
@@ -684,7 +692,7 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU12"], cheek] = -0.04
     w[_AU["AU6"], bulge] = 0.25
     w[_AU["AU7"], bulge] = 0.15
-    w[_AU["AU9"], nose] = 0.5
+    w[_AU["AU9"], nose] = 0.6
     w[_AU["AU9"], flare] = 0.55
     w[_AU["AU14"], dimple] = 0.45
     return w
