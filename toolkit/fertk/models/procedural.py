@@ -383,7 +383,7 @@ class ProceduralFaces(nn.Module):
         lip_rgb = skin_rgb * (1.0 - params[:, _ID["lip_color"]].view(-1, 1) * (1.0 - self.lip_tint_rgb)) * 0.85
         lips_c = lip_rgb @ self.to_channels
         hair_c = _palette(params[:, _ID["hair_color"]], self.hair_palette)
-        brow_c = hair_c * 0.75 + skin * 0.15
+        brow_c = hair_c * 0.6 + skin * 0.15
         iris_c = _palette(params[:, _ID["iris"]], self.iris_palette)
         bg_c = _palette(params[:, _ID["background_hue"]], self.background_palette)
         bg_c = bg_c * (params[:, _ID["background_level"]].view(-1, 1) / 0.75)
@@ -514,7 +514,9 @@ class ProceduralFaces(nn.Module):
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
         v_eye = Vw - ey + 0.5                                                      # row vector
-        upper = v_eye + hu * t_eye                                                 # > 0 below the upper lid
+        # AU1 without AU2 lifts the inner part of the upper lid with the inner brow (oblique, sad eyes).
+        lid_tilt = hu0 * (0.5 * a1 * (1.0 - 0.8 * a2))
+        upper = v_eye + (hu - lid_tilt * du) * t_eye                               # > 0 below the upper lid
         lower = (hl * t_eye + 1.0) - v_eye                                         # > 0 above the lower lid
         # The lid parabolas alone would leave a sliver along the eye line beyond the corners
         # when the lids nearly meet (AU6/AU7), so the eye is also limited to |du| < 1.
@@ -534,7 +536,7 @@ class ProceduralFaces(nn.Module):
         mw_e = mw * (1.0 + 0.30 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.08 * a15)
         corner = (0.01 * a16 - 0.10 * a12) * k
         corner_dn = (0.075 * a15 + 0.05 * a20) * k
-        lift = 0.045 * k * a9
+        lift = 0.06 * k * a9
         gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
@@ -677,8 +679,8 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU9"], glabella] = 0.2
     w[_AU["AU1"], glabella] = -0.4
     w[_AU["AU1"], forehead] = 0.05
-    w[_AU["AU1"], forehead_mid] = 0.25
-    w[_AU["AU2"], forehead] = 0.2
+    w[_AU["AU1"], forehead_mid] = 0.1
+    w[_AU["AU2"], forehead] = 0.15
     w[_AU["AU4"], forehead_mid] = -0.1
     w[_AU["AU4"], brow_shadow] = 0.5
     w[_AU["AU9"], brow_shadow] = 0.1
