@@ -383,7 +383,7 @@ class ProceduralFaces(nn.Module):
         lip_rgb = skin_rgb * (1.0 - params[:, _ID["lip_color"]].view(-1, 1) * (1.0 - self.lip_tint_rgb)) * 0.85
         lips_c = lip_rgb @ self.to_channels
         hair_c = _palette(params[:, _ID["hair_color"]], self.hair_palette)
-        brow_c = hair_c * 0.6 + skin * 0.15
+        brow_c = torch.minimum(hair_c * 0.6 + skin * 0.15, skin * 0.6)   # brows stay darker than skin
         iris_c = _palette(params[:, _ID["iris"]], self.iris_palette)
         bg_c = _palette(params[:, _ID["background_hue"]], self.background_palette)
         bg_c = bg_c * (params[:, _ID["background_level"]].view(-1, 1) / 0.75)
@@ -494,8 +494,8 @@ class ProceduralFaces(nn.Module):
         a6, a7, a9, a12 = a("AU6"), a("AU7"), a("AU9"), a("AU12")
         a14, a15, a16, a20 = a("AU14"), a("AU15"), a("AU16"), a("AU20")
         a23, a26 = a("AU23"), a("AU26")
-        raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 + 0.03 * a1 * a4 - 0.02 * a9) * k
-        raise_out = (0.0 * a1 + 0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
+        raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.02 * a9) * k
+        raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
         arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4)
         s_b = (Aw - (ex + 0.01 * k - 0.04 * k * a4 )) / bw                         # [M, E, 1, w]
         brow_v = (by - 0.5 * (raise_in + raise_out)) + arch * (s_b * s_b - 1.0) + 0.5 * (raise_in - raise_out) * s_b
