@@ -285,6 +285,7 @@ class ProceduralFaces(nn.Module):
             "background_palette": torch.tensor(BACKGROUND_PALETTE) @ to_channels,
             "clothing_palette": torch.tensor(CLOTHING_PALETTE) @ to_channels,
             "to_channels": to_channels,
+            "luma": torch.tensor(_LUMA).view(3, 1),
             "noise_a": noise[0].view(1, 1, res, res),
             "noise_b": noise[1].view(1, 1, res, res),
             "au_to_mask": _au_mask_weights(),
@@ -510,7 +511,7 @@ class ProceduralFaces(nn.Module):
         brow_low = a4 * (1.0 - 0.5 * a1) * (1.0 - 0.5 * a2)
         droop = 0.6 * a4 * (1.0 - 0.75 * a2)
         hu = hu0 * (1.0 + 1.3 * a5 * (1.0 - 0.85 * brow_low) - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
-        hl = hl0 * (1.0 - 0.4 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
+        hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
         v_eye = Vw - ey + 0.5                                                      # row vector
@@ -573,6 +574,10 @@ class ProceduralFaces(nn.Module):
         # becomes a ScatterND with a per-element index tensor, slow in ONNX Runtime).
         middle = torch.cat([img[..., r0:r1, :c0], win, img[..., r0:r1, c1:]], dim=-1)
         img = torch.cat([img[..., :r0, :], middle, img[..., r1:, :]], dim=-2)
+        # Auto exposure, as a camera metering on the face: a dark face is exposed up (partially,
+        # and never down), so its shadows and creases keep some contrast; the background may clip.
+        exposure = (0.5 / (skin_rgb @ self.luma).clamp(min=0.05)).sqrt().clamp(1.0, 1.8)
+        light = light.mul_(exposure.view(-1, 1, 1, 1))
         frame = img.mul_(light.unsqueeze(2)).sub_(1.0)                            # [-1, 1] (before noise)
         jitter = self._jitter                             # a face crop is re-centred, as by a detector
         image = self._camera(frame, p("roll"), p("shift_x") * jitter, p("shift_y") * jitter,
