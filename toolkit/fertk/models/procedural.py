@@ -534,14 +534,14 @@ class ProceduralFaces(nn.Module):
 
         # ---- mouth: lip line mid(s) = my + c s^2 + d s^4 - lift (1 - s^2), opening and lips around it
         # (a smile curves the whole line, s^2; AU15/AU20 pull only the corners down, s^4)
-        mw_e = mw * (1.0 + 0.30 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.08 * a15)
-        corner = (0.01 * a16 - 0.10 * a12) * k
+        mw_e = mw * (1.0 + 0.30 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
+        corner = (0.01 * a16 - 0.12 * a12) * k
         corner_dn = (0.075 * a15 + 0.05 * a20) * k
         lift = 0.06 * k * a9
         gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
-        ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16)
+        ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16 + 0.3 * a15)
         s_m = Aw / mw_e                                                            # [M, E, 1, w]
         t_m = 1.0 - s_m * s_m
         tc = t_m.clamp(min=0.0)
