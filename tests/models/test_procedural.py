@@ -169,6 +169,29 @@ def test_action_units_act_where_and_as_much_as_they_should(studio: ProceduralFac
     assert upper[-1] > 3 * lower[-1]                                  # raised brows live up top
 
 
+def test_white_above_the_iris_shows_only_with_raised_upper_lids() -> None:
+    """At rest the upper lid covers the top of the iris (a stare reads as surprise); AU5 uncovers it
+    in surprise and fear, but not in anger, where the lowered brow (AU4) turns AU5 into a glare."""
+    from fertk.models._procedural_styles import IDENTITY_PARAMS, STYLE_RANGES
+
+    res = 128
+    model = ProceduralFaces(ProceduralConfig(resolution=res, color=True, style="studio")).eval()
+    ids = torch.full((1, IDENTITY_DIM), 0.5)                          # frontal, centred, mid-range face
+    ids[0, IDENTITY_PARAMS.index("noise")] = 0.0
+    with torch.no_grad():
+        rgb = (model.render_expressions(ids, expression_aus(ALL_SEVEN))[0] + 1) / 2   # [7, 3, H, W]
+    mid = {name: sum(r) / 2 for name, r in STYLE_RANGES["studio"].items()}
+    ey, ex = mid["eye_height"], mid["eye_spacing"]
+    top, iris_centre = round((1 + ey - 0.15) * res / 2), round((1 + ey + 0.1 * mid["eye_size"]) * res / 2)
+    cols = [round((1 + side * ex) * res / 2 + d) for side in (-1, 1) for d in (-1, 0)]  # through the irises
+    patch = rgb[:, :, top:iris_centre, cols]
+    blue_red = patch[:, 2] / patch[:, 0].clamp(min=1e-3)              # sclera is grey, skin is warm
+    sclera = ((blue_red > 0.85) & (blue_red < 1.1) & (patch[:, 0] > 0.35)).flatten(1).sum(1)
+    shown = dict(zip(ALL_SEVEN, sclera.tolist()))
+    assert {name for name, count in shown.items() if count > 0} == {"fear", "surprise"}, shown
+    assert shown["surprise"] >= shown["fear"], shown
+
+
 def test_identity_variation_is_real_and_expressions_are_not_trivial(studio: ProceduralFaces) -> None:
     ids = random_identities(12, 6)
     with torch.no_grad():
