@@ -289,6 +289,7 @@ class ProceduralFaces(nn.Module):
             "noise_a": noise[0].view(1, 1, res, res),
             "noise_b": noise[1].view(1, 1, res, res),
             "au_to_mask": _au_mask_weights(),
+            "mask_floor": _au_mask_floor(),
             "grid_x": centres.view(1, 1, res, 1),                                # camera grid terms
             "grid_y": centres.view(1, res, 1, 1),
         }
@@ -478,7 +479,9 @@ class ProceduralFaces(nn.Module):
         # Creases the AUs deepen: identity masks mixed by per-expression weights.
         masks = self._crease_masks(Aw, Anw, Uw, Vw, k, fx, ex, ey, ew, hl0, by, ny, nw, my, mw, nostrils,
                                    fold, no_fringe[..., r0:r1, c0:c1])
-        weights = au @ self.au_to_mask                                             # [M|1, E, K]
+        # Crease lines only deepen: where AUs cancel (AU1 against AU4 on the glabella) a weight
+        # stops at 0 instead of drawing a light line; highlights (negative columns) keep their sign.
+        weights = torch.maximum(au @ self.au_to_mask, self.mask_floor)            # [M|1, E, K]
         if shared:
             stacked = torch.cat(masks, dim=1).flatten(2)                           # [M, K, h*w]
             weights = weights.expand(stacked.shape[0], -1, -1)
@@ -576,7 +579,7 @@ class ProceduralFaces(nn.Module):
         img = torch.cat([img[..., :r0, :], middle, img[..., r1:, :]], dim=-2)
         # Auto exposure, as a camera metering on the face: a dark face is exposed up (partially,
         # and never down), so its shadows and creases keep some contrast; the background may clip.
-        exposure = (0.5 / (skin_rgb @ self.luma).clamp(min=0.05)).sqrt().clamp(1.0, 1.8)
+        exposure = (0.5 / (skin_rgb @ self.luma).clamp(min=0.05)).pow(0.75).clamp(1.0, 2.0)
         light = light.mul_(exposure.view(-1, 1, 1, 1))
         frame = img.mul_(light.unsqueeze(2)).sub_(1.0)                            # [-1, 1] (before noise)
         jitter = self._jitter                             # a face crop is re-centred, as by a detector
@@ -703,6 +706,14 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU9"], flare] = 0.55
     w[_AU["AU14"], dimple] = 0.45
     return w
+
+
+def _au_mask_floor() -> torch.Tensor:
+    """[K]: the lowest mixed weight of each crease mask (0 for lines, which cannot turn into highlights)."""
+    floor = torch.full((11,), -1.0)
+    floor[0] = 0.0                                   # glabella lines
+    floor[2] = 0.0                                   # mid-forehead lines
+    return floor
 
 
 def procedural_card(model: ProceduralFaces) -> ModelCard:
