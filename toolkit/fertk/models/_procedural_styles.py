@@ -125,7 +125,7 @@ STYLE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "shift_y": (-0.06, 0.06),
         "scale": (0.88, 1.08),
         "background_hue": (0.0, 1.0),
-        "background_level": (0.25, 0.85),
+        "background_level": (0.2, 0.9),
         "background_slope": (0.05, 0.35),
         "clothing": (0.0, 1.0),
         "blur": (1.1, 2.4),

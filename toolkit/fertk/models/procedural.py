@@ -537,7 +537,7 @@ class ProceduralFaces(nn.Module):
 
         # ---- mouth: lip line mid(s) = my + c s^2 + d s^4 - lift (1 - s^2), opening and lips around it
         # (a smile curves the whole line, s^2; AU15/AU20 pull only the corners down, s^4)
-        mw_e = mw * (1.0 + 0.30 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
+        mw_e = mw * (1.0 + 0.30 * a12 + 0.5 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
         corner = (0.01 * a16 - 0.12 * a12) * k
         corner_dn = (0.075 * a15 + 0.05 * a20) * k
         lift = 0.06 * k * a9
