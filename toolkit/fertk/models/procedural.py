@@ -512,7 +512,7 @@ class ProceduralFaces(nn.Module):
         # A lowered brow (AU4 without AU1+2 lifting it) presses on the lid fold: AU5 then shows as a
         # glare, not as white above the iris; AU4 alone also lowers the lid (sadness droops).
         brow_low = a4 * (1.0 - 0.5 * a1) * (1.0 - 0.5 * a2)
-        droop = 0.6 * a4 * (1.0 - 0.75 * a2)
+        droop = 0.8 * a4 * (1.0 - 0.75 * a2)
         hu = hu0 * (1.0 + 1.3 * a5 * (1.0 - 0.85 * brow_low) - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
         hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
         du = (Aw - ex) / ew
