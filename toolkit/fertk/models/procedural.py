@@ -501,7 +501,7 @@ class ProceduralFaces(nn.Module):
         raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.02 * a9) * k
         raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
         arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4)
-        s_b = (Aw - (ex + 0.01 * k - 0.04 * k * a4 )) / bw                         # [M, E, 1, w]
+        s_b = (Aw - (ex + 0.01 * k - 0.04 * k * a4)) / bw                          # [M, E, 1, w]
         brow_v = (by - 0.5 * (raise_in + raise_out)) + arch * (s_b * s_b - 1.0) + 0.5 * (raise_in - raise_out) * s_b
         brow_half = bt * (0.5 - 0.15 * s_b) + 0.5
         brow_ends = (bw * (1.0 - s_b.abs()) + 0.5).clamp(0.0, 1.0)
@@ -638,7 +638,7 @@ class ProceduralFaces(nn.Module):
         return [
             _blob(A, V, 0.035 * k, by + 0.01 * k, 0.05 * k, 0.06 * k).mul_(glabella_line),     # glabella
             _blob(A, V, 0.0, by - 0.14 * k, 0.32 * k, 0.11 * k).mul_(forehead_lines).mul_(no_fringe),
-            _blob(A, V, 0.0, by - 0.12 * k, 0.15 * k, 0.10 * k).mul_(forehead_lines).mul_(no_fringe),
+            _blob(A, V, 0.0, by - 0.12 * k, 0.15 * k, 0.10 * k).mul_(forehead_lines).mul_(no_fringe),  # mid (AU1)
             _blob(A, V, ex, ey - 0.3 * ew, 1.3 * ew, 0.9 * ew),                                # brow shadow
             _blob(A, V, ex + ew * 1.25, ey + 0.01 * k, 0.05 * k, 0.05 * k).mul_(crows_lines),  # crow's feet
             fold,                                                                               # nasolabial
@@ -711,7 +711,7 @@ def _au_mask_weights() -> torch.Tensor:
 def _au_mask_floor() -> torch.Tensor:
     """[K]: the lowest mixed weight of each crease mask (0 for lines, which cannot turn into highlights)."""
     floor = torch.full((11,), -1.0)
-    floor[0] = 0.0                                   # glabella lines
+    floor[0] = 0.0                                   # glabella lines (column order of `_crease_masks`)
     floor[2] = 0.0                                   # mid-forehead lines
     return floor
 
