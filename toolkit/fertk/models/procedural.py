@@ -277,7 +277,7 @@ class ProceduralFaces(nn.Module):
             "skin_palette_rgb": torch.tensor(SKIN_PALETTE),
             "warmth_rgb": torch.tensor([0.04, 0.0, -0.06]),
             "lip_tint_rgb": torch.tensor([0.92, 0.62, 0.62]),
-            "sclera": torch.tensor([0.93, 0.92, 0.90]) @ to_channels,
+            "sclera": torch.tensor([0.86, 0.84, 0.82]) @ to_channels,
             "cavity": torch.tensor([0.28, 0.10, 0.10]) @ to_channels,
             "teeth": torch.tensor([0.93, 0.91, 0.85]) @ to_channels,
             "hair_palette": torch.tensor(HAIR_PALETTE) @ to_channels,
@@ -285,9 +285,11 @@ class ProceduralFaces(nn.Module):
             "background_palette": torch.tensor(BACKGROUND_PALETTE) @ to_channels,
             "clothing_palette": torch.tensor(CLOTHING_PALETTE) @ to_channels,
             "to_channels": to_channels,
+            "luma": torch.tensor(_LUMA).view(3, 1),
             "noise_a": noise[0].view(1, 1, res, res),
             "noise_b": noise[1].view(1, 1, res, res),
             "au_to_mask": _au_mask_weights(),
+            "mask_floor": _au_mask_floor(),
             "grid_x": centres.view(1, 1, res, 1),                                # camera grid terms
             "grid_y": centres.view(1, res, 1, 1),
         }
@@ -363,8 +365,8 @@ class ProceduralFaces(nn.Module):
 
         fw, fh = p("face_width") * k, p("face_height") * k
         ew, ex, ey = p("eye_size") * k, p("eye_spacing") * k, p("eye_height") * k
-        hu0 = ew * p("eye_openness") * 1.15               # resting upper-lid height above the eye line
-        hl0 = ew * p("eye_openness") * 0.75               # resting lower-lid depth below it
+        hu0 = ew * p("eye_openness") * 0.75               # resting upper-lid height above the eye line
+        hl0 = ew * p("eye_openness") * 0.70               # resting lower-lid depth below it
         ny = ey + p("nose_length") * k                    # nose tip
         nw = p("nose_width") * k
         my = ny + p("mouth_height") * k                   # lip line
@@ -383,7 +385,7 @@ class ProceduralFaces(nn.Module):
         lip_rgb = skin_rgb * (1.0 - params[:, _ID["lip_color"]].view(-1, 1) * (1.0 - self.lip_tint_rgb)) * 0.85
         lips_c = lip_rgb @ self.to_channels
         hair_c = _palette(params[:, _ID["hair_color"]], self.hair_palette)
-        brow_c = hair_c * 0.75 + skin * 0.15
+        brow_c = torch.minimum(hair_c * 0.6 + skin * 0.15, skin * 0.6)   # brows stay darker than skin
         iris_c = _palette(params[:, _ID["iris"]], self.iris_palette)
         bg_c = _palette(params[:, _ID["background_hue"]], self.background_palette)
         bg_c = bg_c * (params[:, _ID["background_level"]].view(-1, 1) / 0.75)
@@ -477,7 +479,9 @@ class ProceduralFaces(nn.Module):
         # Creases the AUs deepen: identity masks mixed by per-expression weights.
         masks = self._crease_masks(Aw, Anw, Uw, Vw, k, fx, ex, ey, ew, hl0, by, ny, nw, my, mw, nostrils,
                                    fold, no_fringe[..., r0:r1, c0:c1])
-        weights = au @ self.au_to_mask                                             # [M|1, E, K]
+        # Crease lines only deepen: where AUs cancel (AU1 against AU4 on the glabella) a weight
+        # stops at 0 instead of drawing a light line; highlights (negative columns) keep their sign.
+        weights = torch.maximum(au @ self.au_to_mask, self.mask_floor)            # [M|1, E, K]
         if shared:
             stacked = torch.cat(masks, dim=1).flatten(2)                           # [M, K, h*w]
             weights = weights.expand(stacked.shape[0], -1, -1)
@@ -494,10 +498,10 @@ class ProceduralFaces(nn.Module):
         a6, a7, a9, a12 = a("AU6"), a("AU7"), a("AU9"), a("AU12")
         a14, a15, a16, a20 = a("AU14"), a("AU15"), a("AU16"), a("AU20")
         a23, a26 = a("AU23"), a("AU26")
-        raise_in = (0.085 * a1 + 0.02 * a2 - 0.05 * a4 - 0.02 * a9) * k
-        raise_out = (0.015 * a1 + 0.075 * a2 - 0.03 * a4 - 0.01 * a9) * k
-        arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.6 * a4)
-        s_b = (Aw - (ex + 0.01 * k - 0.025 * k * a4)) / bw                         # [M, E, 1, w]
+        raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.02 * a9) * k
+        raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
+        arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4)
+        s_b = (Aw - (ex + 0.01 * k - 0.04 * k * a4)) / bw                          # [M, E, 1, w]
         brow_v = (by - 0.5 * (raise_in + raise_out)) + arch * (s_b * s_b - 1.0) + 0.5 * (raise_in - raise_out) * s_b
         brow_half = bt * (0.5 - 0.15 * s_b) + 0.5
         brow_ends = (bw * (1.0 - s_b.abs()) + 0.5).clamp(0.0, 1.0)
@@ -505,12 +509,18 @@ class ProceduralFaces(nn.Module):
         win = win.lerp_(color(brow_c), a_brow.unsqueeze(2))
 
         # ---- eyes: an opening between two parabolic lids, iris disc, lash line -------------
-        hu = hu0 * (1.0 + 0.9 * a5 - 0.25 * a7 - 0.35 * a6 - 0.15 * a4).clamp(min=0.08)
-        hl = hl0 * (1.0 - 0.55 * a7 - 0.5 * a6 - 0.25 * a9).clamp(min=0.15)
+        # A lowered brow (AU4 without AU1+2 lifting it) presses on the lid fold: AU5 then shows as a
+        # glare, not as white above the iris; AU4 alone also lowers the lid (sadness droops).
+        brow_low = a4 * (1.0 - 0.5 * a1) * (1.0 - 0.5 * a2)
+        droop = 0.8 * a4 * (1.0 - 0.75 * a2)
+        hu = hu0 * (1.0 + 1.3 * a5 * (1.0 - 0.85 * brow_low) - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
+        hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
         v_eye = Vw - ey + 0.5                                                      # row vector
-        upper = v_eye + hu * t_eye                                                 # > 0 below the upper lid
+        # AU1 without AU2 lifts the inner part of the upper lid with the inner brow (oblique, sad eyes).
+        lid_tilt = hu0 * (0.5 * a1 * (1.0 - 0.8 * a2))
+        upper = v_eye + (hu - lid_tilt * du) * t_eye                               # > 0 below the upper lid
         lower = (hl * t_eye + 1.0) - v_eye                                         # > 0 above the lower lid
         # The lid parabolas alone would leave a sliver along the eye line beyond the corners
         # when the lids nearly meet (AU6/AU7), so the eye is also limited to |du| < 1.
@@ -525,20 +535,23 @@ class ProceduralFaces(nn.Module):
         lash = upper.add_(0.9 + 0.05 * ew).clamp_(0.0, 1.0).mul_(lower.add_(0.6).clamp_(0.0, 1.0))
         lash = lash.mul_(lash_cols).sub_(a_eye).clamp_(min=0.0)
 
-        # ---- mouth: lip line mid(s) = my + c s^2 - lift (1 - s^2), opening and lips around it
-        mw_e = mw * (1.0 + 0.22 * a12 + 0.36 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16)
-        corner = (0.060 * a15 + 0.02 * a20 + 0.01 * a16 - 0.085 * a12) * k
-        lift = 0.022 * k * a9
-        gap = (0.20 * a26 * (1.0 - 0.6 * a20) + 0.045 * a12 + 0.045 * a16 + 0.025 * a20) * k
+        # ---- mouth: lip line mid(s) = my + c s^2 + d s^4 - lift (1 - s^2), opening and lips around it
+        # (a smile curves the whole line, s^2; AU15/AU20 pull only the corners down, s^4)
+        mw_e = mw * (1.0 + 0.30 * a12 + 0.5 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
+        corner = (0.01 * a16 - 0.12 * a12) * k
+        corner_dn = (0.075 * a15 + 0.05 * a20) * k
+        lift = 0.06 * k * a9
+        gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
-        ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16)
+        ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16 + 0.3 * a15)
         s_m = Aw / mw_e                                                            # [M, E, 1, w]
         t_m = 1.0 - s_m * s_m
         tc = t_m.clamp(min=0.0)
         tl = tc.sqrt()                                                             # lip fullness profile
         g = gap * ((1.0 - square) * tc + square * tl)                              # opening profile
-        bend = (corner + lift) * t_m + 0.035 * k * a14 * sidew * (1.0 - t_m).clamp(max=2.0)
+        s2 = (1.0 - t_m).clamp(max=2.0)
+        bend = (corner + lift) * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * sidew * s2
         rel = (Vw - my - corner + 0.5) + bend                                     # (v - mid) + 0.5
         # Each lip edge is pulled in by half an AA unit so the two ramps cannot overlap (and
         # leave a faint line) where the lip thickness is zero beyond the corners.
@@ -548,7 +561,7 @@ class ProceduralFaces(nn.Module):
         win = win.lerp_(color(lips_c), a_lips.unsqueeze(2))
         a_cav = (rel - 0.5).clamp_(0.0, 1.0).mul_((g + 0.5 - rel).clamp_(0.0, 1.0))
         win = win.lerp_(color(self.cavity.expand(skin.shape[0], -1)), a_cav.unsqueeze(2))
-        upper_teeth = (0.045 * k + 1.0 - rel).clamp_(0.0, 1.0)
+        upper_teeth = (0.045 * k * (1.0 - 0.6 * a20) + 1.0 - rel).clamp_(0.0, 1.0)
         lower_teeth = (rel + (0.035 * k - g)).clamp_(0.0, 1.0).mul_((a16 + 0.6 * a20 + 0.3 * a26).clamp(max=1.0) * 0.8)
         teeth = torch.maximum(upper_teeth, lower_teeth).mul_(a_cav)
         win = win.lerp_(color(self.teeth.expand(skin.shape[0], -1)), teeth.unsqueeze(2))
@@ -564,6 +577,10 @@ class ProceduralFaces(nn.Module):
         # becomes a ScatterND with a per-element index tensor, slow in ONNX Runtime).
         middle = torch.cat([img[..., r0:r1, :c0], win, img[..., r0:r1, c1:]], dim=-1)
         img = torch.cat([img[..., :r0, :], middle, img[..., r1:, :]], dim=-2)
+        # Auto exposure, as a camera metering on the face: a dark face is exposed up (partially,
+        # and never down), so its shadows and creases keep some contrast; the background may clip.
+        exposure = (0.5 / (skin_rgb @ self.luma).clamp(min=0.05)).pow(0.75).clamp(1.0, 2.0)
+        light = light.mul_(exposure.view(-1, 1, 1, 1))
         frame = img.mul_(light.unsqueeze(2)).sub_(1.0)                            # [-1, 1] (before noise)
         jitter = self._jitter                             # a face crop is re-centred, as by a detector
         image = self._camera(frame, p("roll"), p("shift_x") * jitter, p("shift_y") * jitter,
@@ -612,8 +629,8 @@ class ProceduralFaces(nn.Module):
             return (1.0 - d.abs() / half_width).clamp(min=0.0)
 
         forehead_lines = (torch.cos((V - by) * (two_pi / (0.055 * k))) - 0.2).clamp(min=0.0)   # row
-        crows_lines = torch.cos((V - ey) * (two_pi / (0.03 * k))) * 0.5 + 0.5                  # row
-        nose_lines = torch.cos((V - ey) * (two_pi / (0.028 * k))) * 0.5 + 0.5                  # row
+        crows_lines = torch.cos((V - ey) * (two_pi / (0.045 * k))) * 0.5 + 0.5                  # row
+        nose_lines = torch.cos((V - ey) * (two_pi / (0.05 * k))) * 0.5 + 0.5                  # row
         glabella_line = ridge(A - 0.035 * k, (0.008 * k).clamp(min=0.6))                       # column
         bulge_line = ridge(V - (ey + hl0 + 0.035 * k), (0.01 * k).clamp(min=0.6))              # row
         cheek = _blob(A, V, ex + 0.03 * k, ey + 0.16 * k, 0.11 * k, 0.08 * k)
@@ -621,11 +638,13 @@ class ProceduralFaces(nn.Module):
         return [
             _blob(A, V, 0.035 * k, by + 0.01 * k, 0.05 * k, 0.06 * k).mul_(glabella_line),     # glabella
             _blob(A, V, 0.0, by - 0.14 * k, 0.32 * k, 0.11 * k).mul_(forehead_lines).mul_(no_fringe),
+            _blob(A, V, 0.0, by - 0.12 * k, 0.15 * k, 0.10 * k).mul_(forehead_lines).mul_(no_fringe),  # mid (AU1)
+            _blob(A, V, ex, ey - 0.3 * ew, 1.3 * ew, 0.9 * ew),                                # brow shadow
             _blob(A, V, ex + ew * 1.25, ey + 0.01 * k, 0.05 * k, 0.05 * k).mul_(crows_lines),  # crow's feet
             fold,                                                                               # nasolabial
             cheek.mul_(cheek),                                                                  # cheek highlight
             _blob(A, V, ex, ey + hl0, ew * 1.1, 0.08 * k).mul_(bulge_line),                     # lower-lid bulge
-            _blob(An, V, 0.0, ey + 0.07 * k, nw * 0.9, 0.06 * k).mul_(nose_lines),              # nose wrinkles
+            _blob(An, V, 0.0, ey + 0.06 * k, nw * 1.3, 0.075 * k).mul_(nose_lines),              # nose wrinkles
             flare.sub_(nostrils),                                                               # nostril flare
             _blob(U, V, fx - mw * 1.08, my - 0.005 * k, 0.028 * k, 0.03 * k),                  # AU14 dimple
         ]
@@ -662,12 +681,19 @@ def _feature_window(ranges: dict[str, tuple[float, float]], res: int, zoom: floa
 
 def _au_mask_weights() -> torch.Tensor:
     """[au_dim, K]: how strongly each AU deepens each crease mask (column order of `_crease_masks`)."""
-    w = torch.zeros(AU_DIM, 9)
-    glabella, forehead, crows, fold, cheek, bulge, nose, flare, dimple = range(9)
-    w[_AU["AU4"], glabella] = 0.45
+    w = torch.zeros(AU_DIM, 11)
+    glabella, forehead, forehead_mid, brow_shadow, crows, fold, cheek, bulge, nose, flare, dimple = range(11)
+    w[_AU["AU4"], glabella] = 0.6
     w[_AU["AU9"], glabella] = 0.2
-    w[_AU["AU1"], forehead] = 0.22
-    w[_AU["AU2"], forehead] = 0.18
+    w[_AU["AU1"], glabella] = -0.4
+    w[_AU["AU1"], forehead] = 0.05
+    w[_AU["AU1"], forehead_mid] = 0.1
+    w[_AU["AU2"], forehead] = 0.15
+    w[_AU["AU4"], forehead_mid] = -0.1
+    w[_AU["AU4"], brow_shadow] = 0.5
+    w[_AU["AU9"], brow_shadow] = 0.1
+    w[_AU["AU1"], brow_shadow] = -0.08
+    w[_AU["AU2"], brow_shadow] = -0.08
     w[_AU["AU6"], crows] = 0.2
     w[_AU["AU6"], fold] = 0.08
     w[_AU["AU12"], fold] = 0.16
@@ -676,10 +702,18 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU12"], cheek] = -0.04
     w[_AU["AU6"], bulge] = 0.25
     w[_AU["AU7"], bulge] = 0.15
-    w[_AU["AU9"], nose] = 0.35
+    w[_AU["AU9"], nose] = 0.6
     w[_AU["AU9"], flare] = 0.55
     w[_AU["AU14"], dimple] = 0.45
     return w
+
+
+def _au_mask_floor() -> torch.Tensor:
+    """[K]: the lowest mixed weight of each crease mask (0 for lines, which cannot turn into highlights)."""
+    floor = torch.full((11,), -1.0)
+    floor[0] = 0.0                                   # glabella lines (column order of `_crease_masks`)
+    floor[2] = 0.0                                   # mid-forehead lines
+    return floor
 
 
 def procedural_card(model: ProceduralFaces) -> ModelCard:
