@@ -361,7 +361,7 @@ def bench_args(run: Run, stage: str) -> list[str]:
                       "--batches", "1,8,32,128,256,512,1024", *common],
         "bench-gan-pipeline": ["--models", "pipeline:gan", "--backends",
                                "torch-cuda,hand-loop-cuda,torch-cuda-graphs,torch-cuda-cl,torch-cuda-compile,"
-                               "ort-cuda,ort-trt,trt", "--batches", "1,8,32,128", *common],
+                               "ort-cuda,ort-tensorrt,trt", "--batches", "1,8,32,128", *common],
         "bench-procedural-synth": ["--models", "pipeline:procedural,synth:procedural,synth:gan", "--backends",
                                    "torch-cuda,hand-loop-cuda,torch-cuda-graphs,torch-cuda-compile",
                                    "--batches", "8,128,1024", *common],
@@ -391,7 +391,7 @@ def rows_from_log(text: str) -> list[dict[str, Any]]:
                        p50_ms=float(g["p50"]) if g["p50"] else None)
         else:
             row.update(status=g["status"], reason=g["reason"])
-        row["device"] = "cuda" if "cuda" in row["backend"] or row["backend"] in ("trt", "ort-trt") else "cpu"
+        row["device"] = "cuda" if "cuda" in row["backend"] or row["backend"] in ("trt", "ort-trt", "ort-tensorrt") else "cpu"
         rows.append(row)
     return rows
 

@@ -140,7 +140,7 @@ def test_gpu_bench_stages_ask_for_what_fertk_bench_knows() -> None:
                              precisions=opts["--precisions"].split(","), budget_s=float(opts["--budget-s"]),
                              max_call_s=float(opts["--max-call-s"]))
         seen_backends |= set(config.backends)
-        assert all(b.endswith("cuda") or "cuda-" in b or b in ("ort-trt", "trt") for b in config.backends)
+        assert all(b.endswith("cuda") or "cuda-" in b or b in ("ort-tensorrt", "trt") for b in config.backends)
     assert {"torch-cuda", "torch-cuda-cl", "torch-cuda-graphs", "torch-cuda-compile", "hand-loop-cuda"} <= seen_backends
     assert "1024" in run_gpu.bench_args(run, "bench-fer")[run_gpu.bench_args(run, "bench-fer").index("--batches") + 1]
 
