@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from fertk.emotions import EKMAN, NEUTRAL
+from fertk.core.emotions import EKMAN, NEUTRAL
 from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus, random_identities
 
 COLUMNS = (NEUTRAL,) + EKMAN

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fertk.engines.base import TensorSpec
+from fertk.core.specs import TensorSpec
 
 REPO = Path(__file__).resolve().parents[1]
 # Golden vectors made by the official StarGAN / StyleGAN2-ADA code (weights, inputs, outputs; no

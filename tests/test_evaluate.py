@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fertk.data.records import FaceArrays
-from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import CheckpointError, DatasetError, InvalidInputError
+from fertk.engines.base import Engine
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError
 from fertk.evaluate import (
     EvalReport,
     class_metrics,

@@ -112,7 +112,7 @@ class StyleGAN2Images(nn.Module):
 
     def __init__(self, generator: nn.Module) -> None:
         super().__init__()
-        from fertk.engines.base import TensorSpec
+        from fertk.core.specs import TensorSpec
 
         self.generator = generator
         res = int(generator.config.img_resolution)
@@ -128,7 +128,7 @@ class StarGANImages(nn.Module):
 
     def __init__(self, generator: nn.Module, size: int) -> None:
         super().__init__()
-        from fertk.engines.base import TensorSpec
+        from fertk.core.specs import TensorSpec
 
         self.generator = generator
         self.input_specs = (TensorSpec("x", "float32", ("batch", 3, size, size)),
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from fertk.export.pipeline import DEFAULT_CROPS, PipelineConfig, build_pipeline, crop_pixels
     from fertk.models.stargan import StarGANGenerator, save_stargan
     from fertk.models.stylegan2 import StyleGAN2Generator, save_stylegan2
-    from fertk.sysinfo import collect_info
+    from fertk.engines import machine_info
 
     # Same random weights for both sides, saved once.
     g_path, t_path = work / "stylegan2.safetensors", work / "stargan-G.ckpt"
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "schema": "fertk-official-compare/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": collect_info(),
+        "machine": machine_info(),
         "platform": platform.platform(),
         "cpu_flags": _cpu_flags(),
         "threads": args.threads,

@@ -106,10 +106,10 @@ def main() -> None:
     # A private artifact cache: the ort variant exports the graph, and a cache entry made by older
     # renderer code would be reused (the key covers weights and config, not source code).
     os.environ.setdefault("FERTK_CACHE", tempfile.mkdtemp(prefix="fertk-bench-cache-"))
-    from fertk.sysinfo import collect_info
+    from fertk.engines import machine_info
 
     results = {"benchmark": "synth", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note,
-               "machine": collect_info(), "load_average": os.getloadavg(),
+               "machine": machine_info(), "load_average": os.getloadavg(),
                "settings": {"n": args.n, "batch": args.batch, "format": args.format, "workers": args.workers,
                             "generator": "procedural", "resolution": 64, "emotions": 6},
                "throughput": [], "memory": []}

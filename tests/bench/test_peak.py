@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak, torch_threads
-from fertk.errors import InvalidInputError
+from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak
+from fertk.core.devices import torch_threads
+from fertk.core.errors import InvalidInputError
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

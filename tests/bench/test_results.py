@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fertk.bench.results import SCHEMA, BenchResults, BenchRow, compare_results, fill_speedups, load_results
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 
 def _row(model: str, backend: str, batch: int | None, items_per_s: float | None, *, precision: str = "fp32",

@@ -9,7 +9,7 @@ import pytest
 from fertk.bench import BenchConfig, run_bench
 from fertk.bench.results import BenchResults
 from fertk.engines import backend_report
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 TINY = dict(budget_s=0.05, warmup_s=0.0, min_iterations=2, peak_budget_s=0.1)
 

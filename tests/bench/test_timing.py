@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fertk.bench.timing import MemoryWatch, TimingPolicy, percentile, summarize, time_calls
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 
 def test_percentile_matches_numpy() -> None:

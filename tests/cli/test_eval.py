@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from fertk.cli import app
-from fertk.emotions import EKMAN
+from fertk.core.emotions import EKMAN
 from fertk.models.fer_cnn import FerCNN, FerCNNConfig, save_fer_model
 from tests.data.fixtures import make_folder_dataset, write_corrupt_image
 
@@ -124,7 +124,7 @@ def test_onnx_engine_gives_the_same_metrics_as_pytorch(tmp_path: Path, model_pat
 
 def test_an_exported_artifact_is_evaluated_through_its_engine(tmp_path: Path, model_path: Path, test_sets) -> None:
     pytest.importorskip("onnxruntime")
-    from fertk.engines.base import TensorSpec
+    from fertk.core.specs import TensorSpec
     from fertk.export import export_module
     from fertk.models.fer_cnn import load_fer_model
 

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from fertk.cli import app
-from fertk.emotions import EKMAN
+from fertk.core.emotions import EKMAN
 from fertk.models.fer_cnn import load_fer_model
 from tests.data.fixtures import make_folder_dataset, write_corrupt_image
 

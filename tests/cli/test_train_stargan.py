@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from fertk.cli import app
-from fertk.emotions import EKMAN
+from fertk.core.emotions import EKMAN
 from fertk.models.stargan import load_stargan_generator
 
 TINY = ["--image-size", "16", "--conv-dim", "4", "--repeat-num", "1", "--iters", "4", "--batch", "4",

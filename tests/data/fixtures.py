@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fertk.emotions import EKMAN
+from fertk.core.emotions import EKMAN
 
 # Folder / file spellings each dataset uses for the canonical emotions.
 RAFD_WORDS = {"anger": "angry", "contempt": "contemptuous", "disgust": "disgusted", "fear": "fearful",

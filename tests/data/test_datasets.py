@@ -10,8 +10,8 @@ import pytest
 from fertk.data.datasets import default_cache_dir, load_arrays
 from fertk.data.preprocess import PreprocessConfig
 from fertk.data.splits import subject_split
-from fertk.emotions import EKMAN, label_set
-from fertk.errors import DatasetError
+from fertk.core.emotions import EKMAN, label_set
+from fertk.core.errors import DatasetError
 from tests.data.fixtures import blank_image, make_fer2013_csv, make_folder_dataset, make_rafd_dataset, write_image
 
 

@@ -19,8 +19,8 @@ from fertk.data.layouts import (
     read_records,
     resolve_classes,
 )
-from fertk.emotions import EKMAN, label_set
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.emotions import EKMAN, label_set
+from fertk.core.errors import DatasetError, InvalidInputError
 from tests.data.fixtures import (
     make_affectnet_dataset,
     make_ckplus_dataset,

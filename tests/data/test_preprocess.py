@@ -24,8 +24,8 @@ from fertk.data.preprocess import (
     square_crop_box,
 )
 from fertk.data.records import FaceRecord
-from fertk.emotions import EKMAN
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.emotions import EKMAN
+from fertk.core.errors import DatasetError, InvalidInputError
 from tests.data.fixtures import (
     blank_image,
     draw_face,
@@ -199,7 +199,7 @@ def test_gray_false_and_size_and_label_order(tmp_path: Path) -> None:
     records, _ = read_folder(root, subject_pattern=r"^(s\d+)_")
     arrays, report = preprocess_records(records, PreprocessConfig(size=40, gray=False), progress=True)
     assert arrays.images.shape == (4, 40, 40, 3) and report.kept == 4
-    assert arrays.classes == ("anger", "surprise")  # fertk.emotions order when not given
+    assert arrays.classes == ("anger", "surprise")  # fertk.core.emotions order when not given
     assert sorted(arrays.subjects.tolist()) == ["s00", "s00", "s01", "s01"]
     with pytest.raises(InvalidInputError, match="outside classes"):
         preprocess_records(records, PreprocessConfig(), classes=("anger",))

@@ -14,7 +14,7 @@ from fertk.data.shards import (
     MANIFEST_COLUMNS, DatasetLayout, ShardRows, merge_manifest, open_shard_writer, read_arrays,
     sample_key, shard_done, verify_dataset, write_json_atomic,
 )
-from fertk.errors import DatasetError
+from fertk.core.errors import DatasetError
 
 EMOTIONS = ("anger", "happiness", "surprise")
 SHARD_SIZE = 3   # identities per shard

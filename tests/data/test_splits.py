@@ -10,7 +10,7 @@ import pytest
 
 from fertk.data.records import FaceArrays, FaceRecord
 from fertk.data.splits import PAPER_SIZES, load_manifest, save_manifest, subject_ids, subject_split
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.errors import DatasetError, InvalidInputError
 
 
 def arrays_with_subjects(per_source: dict[str, int], faces_per_subject: int = 3) -> FaceArrays:

@@ -7,7 +7,7 @@ import pytest
 from fertk.engines.choice import (
     BATCH_MULTIPLE, DEFAULT_BATCH, MAX_AUTO_BATCH, MEMORY_FRACTION, auto_batch, choose_generation,
 )
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 GAN = ("fp32", "fp16", "bf16")
 MIB, GIB = 2**20, 2**30

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fertk.engines import open_engine
-from fertk.engines.base import TensorSpec
+from fertk.core.specs import TensorSpec
 from fertk.engines.compare import (
     INTEGER_TOLERANCE, ParityReport, Tolerance, compare_engines, compare_outputs, make_inputs,
 )
-from fertk.errors import InvalidInputError, ParityError
+from fertk.core.errors import InvalidInputError, ParityError
 
 IMAGE = TensorSpec("image", "float32", ("batch", 1, 4, 4))
 LABEL = TensorSpec("label", "int64", ("batch",))

@@ -15,7 +15,7 @@ import torch
 
 from fertk.engines import Engine, open_engine
 from fertk.engines.compare import compare_outputs, make_inputs
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 from fertk.export import ExportOptions, ModelSource, export_source, module_source, resolve_model
 from fertk.models.registry import list_models
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fertk.engines import AUTO_ORDER, BACKENDS, backend_report, choose_backend, open_engine
-from fertk.engines.base import TensorSpec
+from fertk.core.specs import TensorSpec
 from fertk.engines.compare import make_inputs
-from fertk.errors import BackendUnavailableError, InvalidInputError
+from fertk.core.errors import BackendUnavailableError, InvalidInputError
 
 
 def test_backend_report_has_one_line_per_backend_with_reasons() -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from fertk.engines.base import TensorSpec
+from fertk.core.specs import TensorSpec
 from fertk.engines.ort_engine import OrtEngine, ort_available_providers
-from fertk.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:

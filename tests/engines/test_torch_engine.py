@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from fertk.engines.base import TensorSpec
+from fertk.core.specs import TensorSpec
 from fertk.engines.compare import compare_outputs, make_inputs
 from fertk.engines.torch_engine import TorchEngine
-from fertk.errors import BackendUnavailableError, InvalidInputError
+from fertk.core.errors import BackendUnavailableError, InvalidInputError
 
 
 def _engine(module: nn.Module, **kwargs) -> TorchEngine:
@@ -129,7 +129,7 @@ def test_cuda_matches_cpu(tiny_net, options) -> None:
 
 
 def test_fp32_only_modules_refuse_other_precisions_by_name() -> None:
-    from fertk.errors import UnsupportedPrecisionError
+    from fertk.core.errors import UnsupportedPrecisionError
     from fertk.models.procedural import ProceduralConfig, ProceduralFaces
 
     model = ProceduralFaces(ProceduralConfig(resolution=16, color=False))

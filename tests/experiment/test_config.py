@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 from fertk.experiment.config import DEFAULT_K, ExperimentConfig, config_from_toml_text, load_config, parse_k_list
 from fertk.experiment.runner import Cell, plan_cells, units_needed
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fertk.errors import DatasetError, OutputExistsError
+from fertk.core.errors import DatasetError, OutputExistsError
 from fertk.experiment import load_config, run_experiment
 from fertk.experiment.runner import derive_seed, draw_units, load_data, plan_repeat, prepare_all, shuffled_labels
 

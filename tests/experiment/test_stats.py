@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 from fertk.experiment.stats import mean_ci, t_central_probability, t_quantile
 
 # Two-sided 95 % and 99 % critical values of Student's t (standard statistical tables).

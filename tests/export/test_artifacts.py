@@ -13,11 +13,12 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import ArtifactError, InvalidInputError, OutputExistsError, ParityError
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import ArtifactError, InvalidInputError, OutputExistsError, ParityError
 from fertk.export import ExportOptions, export_model, export_module, export_onnx_file, remove_artifact
+from fertk.core.paths import cache_root
 from fertk.export.artifacts import (
-    CARD_FILE, artifacts_root, cache_root, is_artifact_dir, list_artifacts, load_artifact,
+    CARD_FILE, artifacts_root, is_artifact_dir, list_artifacts, load_artifact,
 )
 
 

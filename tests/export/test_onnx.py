@@ -12,9 +12,10 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import ArtifactError, InvalidInputError
-from fertk.export.onnx import export_onnx, read_onnx_specs, sha256_of
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import ArtifactError, InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.export.onnx import export_onnx, read_onnx_specs
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -26,7 +27,7 @@ def test_export_declares_specs_and_runs_at_any_batch(tiny_net, tmp_path: Path) -
                        ranges=tiny_net.input_ranges)
     assert info.opset == 17 and info.exporter == "torchscript" and not info.external_data
     assert info.optimizer and info.optimizer.startswith("onnxscript")
-    assert info.sha256 == sha256_of(tmp_path / "m.onnx")
+    assert info.sha256 == sha256_file(tmp_path / "m.onnx")
     onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
     inputs, outputs = read_onnx_specs(tmp_path / "m.onnx")
     assert inputs == tiny_net.input_specs and outputs == tiny_net.output_specs

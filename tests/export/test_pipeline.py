@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fertk.emotions import EKMAN
-from fertk.errors import CheckpointError, InvalidInputError
+from fertk.core.emotions import EKMAN
+from fertk.core.errors import CheckpointError, InvalidInputError
 from fertk.export.pipeline import PipelineConfig, build_pipeline, crop_pixels, resample_matrix
 from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus
 

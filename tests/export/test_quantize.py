@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from fertk.data.records import FaceArrays
-from fertk.emotions import EKMAN
+from fertk.core.emotions import EKMAN
 from fertk.engines import open_engine
-from fertk.engines.base import TensorSpec
-from fertk.errors import InvalidInputError, ParityError
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import InvalidInputError, ParityError
 from fertk.export import ExportOptions, export_module
 from fertk.export.onnx import export_onnx
 from fertk.export.quantize import calibration_feeds, convert_fp16, faces_to_input, split_feeds

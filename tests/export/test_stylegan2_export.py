@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 from fertk.export import export_model, export_module
 from fertk.models.stylegan2 import (
     Fp16Layers, SamplingOptions, StyleGAN2Sampler, fp16_layers_choice, load_stylegan2,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
 from fertk.export.tensorrt import (
     BatchProfile, CalibrationBatcher, CalibrationCache, EngineKey, engine_paths, inspect_engine, metadata_path,
     profile_shapes, require_tensorrt, timing_cache_path, write_engine,

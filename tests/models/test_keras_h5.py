@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fertk.errors import CheckpointError
+from fertk.core.errors import CheckpointError
 from fertk.models.keras_h5 import (
     KerasNet, import_keras_h5, keras_file_from_config, keras_to_fer_cnn, mini_xception_config, read_keras_h5,
     table1_variant,

@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fertk.errors import CheckpointError, UnsafeFileError
+from fertk.core.errors import CheckpointError, UnsafeFileError
 from fertk.models.nvlabs_pickle import ALLOWED_GLOBALS, read_nvlabs_pickle, restricted_loads
 from fertk.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, load_stylegan2
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from fertk.emotions import EKMAN
-from fertk.errors import InvalidInputError
+from fertk.core.emotions import EKMAN
+from fertk.core.errors import InvalidInputError
 from fertk.models.procedural import (
     ACTION_UNITS,
     AU_DIM,

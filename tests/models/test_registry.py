@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 from fertk.models.registry import ModelCard, get_entry, list_models, load_model
 
 MODELS = list_models()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 from fertk.models.stargan import StarGANGenerator, load_stargan_generator
 
 ATOL = 1e-5

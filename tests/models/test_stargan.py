@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from fertk.emotions import EKMAN, STARGAN_AUTHORS_ORDER
-from fertk.errors import CheckpointError, InvalidInputError
-from fertk.models.registry import get_entry, load_model, sha256_file
+from fertk.core.emotions import EKMAN, STARGAN_AUTHORS_ORDER
+from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.models.registry import get_entry, load_model
 from fertk.models.stargan import (
     StarGANDiscriminator,
     StarGANGenerator,

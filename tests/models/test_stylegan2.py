@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fertk.errors import CheckpointError, InvalidInputError
+from fertk.core.errors import CheckpointError, InvalidInputError
 from fertk.models.registry import load_model
 from fertk.models.stylegan2 import (
     SMALL_CONFIG,
@@ -337,7 +337,7 @@ def test_save_then_load_safetensors_round_trip(golden_models: dict, tmp_path: Pa
 def test_bf16_engine_runs_the_generator_under_autocast(golden_models: dict) -> None:
     # The mapping network casts to float32 on purpose (as NVlabs does); a module cast to bf16 would
     # fail in its first matmul, so the engine switches to autocast for modules that say so.
-    from fertk.engines.base import TensorSpec
+    from fertk.core.specs import TensorSpec
     from fertk.engines.torch_engine import TorchEngine, pins_fp32
 
     model, _ = golden_models["stylegan2_small"]

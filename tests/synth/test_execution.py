@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fertk.data.shards import DatasetLayout, verify_dataset
-from fertk.errors import DatasetError, InvalidInputError, OutputExistsError
+from fertk.core.errors import DatasetError, InvalidInputError, OutputExistsError
 from fertk.synth import SynthOptions, run_synth
 
 SMALL = dict(n=9, shard_size=4, batch=3)   # shards of 4, 4 and 1 identities

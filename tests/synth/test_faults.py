@@ -159,7 +159,7 @@ def _unwritable_parent(tmp_path: Path) -> Path | None:
 
 
 def test_unwritable_output_is_a_clear_error(tmp_path):
-    from fertk.errors import DatasetError
+    from fertk.core.errors import DatasetError
 
     parent = _unwritable_parent(tmp_path)
     if parent is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fertk.emotions import ALL_EMOTIONS, EKMAN
-from fertk.errors import InvalidInputError
+from fertk.core.emotions import ALL_EMOTIONS, EKMAN
+from fertk.core.errors import InvalidInputError
 from fertk.synth.plan import (
     INTENSITY_DRAW_OFFSET, SeedPlan, identity_seeds, latents_for, parse_intensity, splitmix64_outputs,
     stream_base,

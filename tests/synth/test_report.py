@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fertk.data.shards import read_arrays
-from fertk.models.registry import sha256_file
+from fertk.core.io import sha256_file
 from fertk.synth import SynthOptions, run_synth
 from fertk.synth.report import JudgeScores, build_report, synth_report
 from tests.models.keras_fixtures import write_judge_h5

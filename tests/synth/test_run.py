@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fertk.data.shards import DatasetLayout, read_arrays, verify_dataset
-from fertk.emotions import EKMAN
-from fertk.errors import CheckpointError, InvalidInputError, OutputExistsError
+from fertk.core.emotions import EKMAN
+from fertk.core.errors import CheckpointError, InvalidInputError, OutputExistsError
 from fertk.synth import SynthOptions, run_synth
 from fertk.synth.plan import SeedPlan
 
@@ -167,7 +167,7 @@ def test_preview_grid(tmp_path):
 
 
 def test_gan_path_end_to_end_records_weight_hashes(tmp_path, hashes):
-    from fertk.models.registry import sha256_file
+    from fertk.core.io import sha256_file
     from fertk.models.stargan import StarGANGenerator, save_stargan
     from fertk.models.stylegan2 import build_stylegan2, save_stylegan2
 

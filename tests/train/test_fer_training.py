@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fertk.data.records import FaceArrays
-from fertk.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
+from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
 from fertk.evaluate import evaluate
 from fertk.models.fer_cnn import load_fer_model
 from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus, random_identities, to_gray01
@@ -217,7 +217,7 @@ def test_training_without_some_class_is_refused_unless_allowed(tmp_path: Path, t
 @pytest.mark.slow
 def test_paper_settings_on_six_procedural_expressions(tmp_path: Path) -> None:
     """The paper's hyper-parameters (Adam 1e-4, batch 64, patience 5) at 64 px on all six classes."""
-    from fertk.emotions import EKMAN
+    from fertk.core.emotions import EKMAN
 
     train = procedural_faces(EKMAN, 109, seed=1, size=64, source="train")
     val = procedural_faces(EKMAN, 10, seed=2, size=64, source="val")

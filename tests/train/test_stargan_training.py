@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from fertk.data.records import FaceArrays
-from fertk.emotions import EKMAN, STARGAN_AUTHORS_ORDER
-from fertk.errors import DatasetError, OutputExistsError
+from fertk.core.emotions import EKMAN, STARGAN_AUTHORS_ORDER
+from fertk.core.errors import DatasetError, OutputExistsError
 from fertk.models.stargan import load_stargan_discriminator, load_stargan_generator
 from fertk.models.weights import read_state_dict
 from fertk.train.stargan import StarGANTrainConfig, learning_rate, prepare_images, train_stargan

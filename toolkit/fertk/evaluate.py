@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,35 +22,15 @@ from typing import Any
 import numpy as np
 
 from fertk.data.records import FaceArrays
-from fertk.emotions import EKMAN, is_emotion, normalize_emotion
-from fertk.errors import CheckpointError, DatasetError, InvalidInputError
+from fertk.core.emotions import EKMAN, is_emotion, normalize_emotion
+from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError
+from fertk.core.devices import resolve_device
+from fertk.core.io import atomic_write_bytes, atomic_write_text
 
 DEFAULT_BATCH = 256
 
 
 # -- files that appear whole or not at all ---------------------------------------------------------
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temp name beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Text version of `atomic_write_bytes` (UTF-8)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_figure(figure: Any, path: str | Path, *, dpi: int = 120) -> Path:
     """Render a matplotlib Figure to PNG atomically (no pyplot, so no global backend state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -192,22 +171,6 @@ def predict_logits(model_or_engine: Any, faces: np.ndarray, *, batch_size: int =
     return np.concatenate(chunks)
 
 
-def resolve_device(name: str) -> Any:
-    """'auto' → cuda when available else cpu; a CUDA request without CUDA is a one-line error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InvalidInputError(f"unknown device {name!r}", hint="use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {name!r} requested but no CUDA device is visible to torch",
-                                hint="use --device cpu")
-    return device
-
-
 # -- opening a classifier and reading test sets -----------------------------------------------------
 @dataclass
 class Classifier:
@@ -260,7 +223,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
         used = "torch"
         if backend != "torch":
             from fertk.engines import open_engine
-            from fertk.engines.base import TensorSpec
+            from fertk.core.specs import TensorSpec
 
             runner = open_engine(model, backend=backend,
                                  device=None if device == "cpu" and backend in ("trt", "auto") else device,
@@ -320,7 +283,7 @@ def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
         used = "torch"
         if backend != "torch" or device != "cpu":
             from fertk.engines import open_engine
-            from fertk.engines.base import TensorSpec
+            from fertk.core.specs import TensorSpec
 
             inputs, outputs = judge_io(judge.card)
             runner = open_engine(judge.module, backend=backend, device=device,
@@ -329,7 +292,7 @@ def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
             used = getattr(runner, "backend", backend)
     else:
         from fertk.engines import open_engine
-        from fertk.engines.base import TensorSpec
+        from fertk.core.specs import TensorSpec
 
         inputs, outputs = judge_io(judge.card)
         runner = open_engine(judge.onnx_path, backend="trt" if backend == "trt" else "ort",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fertk.errors import InvalidInputError
+from fertk.core.specs import argmax_outputs
+from fertk.core.errors import InvalidInputError
 
 SCALES = ("paper", "small")
 
@@ -57,9 +58,7 @@ class BenchSubject:
     @property
     def argmax_outputs(self) -> list[str]:
         """Outputs compared by argmax agreement (classifier logits)."""
-        if self.task != "classifier":
-            return []
-        return [s.name for s in self.output_specs if len(s.shape) == 2]
+        return argmax_outputs(self.task, self.output_specs)
 
     def make_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         """Seeded inputs drawn from the specs and ranges (fertk.engines.compare.make_inputs)."""

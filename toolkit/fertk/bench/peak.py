@@ -14,14 +14,13 @@ backend's convolutions beat would make % peak meaningless.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from fertk.errors import InvalidInputError
+from fertk.core.devices import torch_threads
+from fertk.core.errors import InvalidInputError
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 
@@ -58,18 +57,6 @@ class Bandwidth:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
         return asdict(self)
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run a block with torch's intra-op thread count set to `threads` (None leaves it alone)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _synchronize(device: str) -> None:

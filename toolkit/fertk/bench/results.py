@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fertk.errors import InvalidInputError
+from fertk.core.io import atomic_write_text
+from fertk.core.errors import InvalidInputError
 
 SCHEMA = "fertk-bench/1"
 STATUSES = ("ok", "skipped", "error")
@@ -131,12 +132,7 @@ class BenchResults:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n", fsync=False)
 
     def ok_rows(self) -> list[BenchRow]:
         """Rows that were measured."""

@@ -30,10 +30,11 @@ import numpy as np
 from fertk.bench.backends import BACKENDS, EAGER, HAND_LOOP, BenchBackend, availability, get_backend
 from fertk.bench.flops import FlopCount, count_flops
 from fertk.bench.models import MODELS, BenchModel, BenchSubject, BuildContext, calibration_data, get_model
-from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak, torch_threads
+from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak
+from fertk.core.devices import torch_threads
 from fertk.bench.results import BenchResults, BenchRow, fill_speedups, recommend
 from fertk.bench.timing import MemoryWatch, TimingPolicy, time_calls
-from fertk.errors import FertkError, InvalidInputError, UnsupportedPrecisionError
+from fertk.core.errors import FertkError, InvalidInputError, UnsupportedPrecisionError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_BATCHES = (1, 8, 32, 128, 256)
@@ -131,7 +132,7 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
     """
     import torch
 
-    from fertk.sysinfo import collect_info
+    from fertk.engines import machine_info
 
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -145,7 +146,7 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
         # Cold, private caches: compile and export times are what a first run costs.
         stack.enter_context(_environ(TORCHINDUCTOR_CACHE_DIR=str(workdir / "inductor"),
                                      FERTK_CACHE_DIR=str(workdir / "cache")))
-        machine = collect_info()
+        machine = machine_info()
         machine["bench_threads"] = threads
         results = BenchResults(config=config.to_dict(), machine=machine,
                                created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 
 @dataclass

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from fertk.errors import FertkError
+from fertk.core.errors import FertkError
 
 # Results go to stdout, progress and hints to stderr.
 out = Console(soft_wrap=True)

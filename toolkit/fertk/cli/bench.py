@@ -18,7 +18,7 @@ def _split(text: str | None) -> tuple[str, ...] | None:
 
 
 def _weights(pairs: list[str] | None) -> dict[str, str]:
-    from fertk.errors import InvalidInputError
+    from fertk.core.errors import InvalidInputError
 
     result = {}
     for pair in pairs or []:

@@ -45,7 +45,7 @@ def eval_command(
     """Accuracy, confusion matrices, per-class precision/recall/F1 and macro-F1 per test set (JSON, CSV, PNG)."""
     from rich.markup import escape
 
-    from fertk.emotions import parse_emotions
+    from fertk.core.emotions import parse_emotions
     from fertk.evaluate import DatasetOptions, evaluate_paths
 
     datasets = list(datasets or [])

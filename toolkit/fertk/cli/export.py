@@ -11,7 +11,7 @@ import typer
 
 from fertk.cli import app
 from fertk.cli._common import JSON_OPTION, err, out, print_json
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.errors import DatasetError, InvalidInputError
 
 
 def _parse_config(text: str | None) -> dict[str, Any]:

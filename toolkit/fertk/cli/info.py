@@ -11,9 +11,9 @@ from fertk.cli._common import JSON_OPTION, out, print_json
 @app.command()
 def info(json_output: bool = JSON_OPTION) -> None:
     """Show versions, devices and which engine backends can run here (and why not)."""
-    from fertk.sysinfo import collect_info
+    from fertk.engines import machine_info
 
-    data = collect_info()
+    data = machine_info()
     if json_output:
         print_json(data)
         return

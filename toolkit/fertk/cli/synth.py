@@ -68,7 +68,7 @@ def synth(
         return
     if n is None or out_dir is None:
         raise typer.BadParameter("--n and --out are required (e.g. fertk synth --n 1000 --out faces)")
-    from fertk.errors import InvalidInputError
+    from fertk.core.errors import InvalidInputError
     from fertk.synth import SynthOptions, run_synth
 
     crop_box = None

@@ -14,7 +14,7 @@ def parse_sizes(text: str | None) -> tuple[float, ...] | None:
     """'109,10,25' or '0.8,0.1,0.1' -> a tuple of numbers (None stays None)."""
     if text is None:
         return None
-    from fertk.errors import InvalidInputError
+    from fertk.core.errors import InvalidInputError
 
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
@@ -71,7 +71,7 @@ def train_fer_command(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Train the FER CNN (Adam, cross-entropy, early stopping, best epoch kept) and test it."""
-    from fertk.emotions import parse_emotions
+    from fertk.core.emotions import parse_emotions
     from fertk.evaluate import DatasetOptions
     from fertk.train.fer import FerTrainConfig, train_fer_from_paths
 

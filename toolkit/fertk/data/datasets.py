@@ -7,7 +7,6 @@ A `fertk synth` output folder (it holds ``dataset_card.json``) is read by
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,14 @@ from typing import Any
 from fertk.data.layouts import read_records, resolve_classes
 from fertk.data.preprocess import PreprocessConfig, preprocess_records
 from fertk.data.records import FaceArrays
-from fertk.emotions import EKMAN
-from fertk.errors import DatasetError
+from fertk.core.emotions import EKMAN
+from fertk.core.paths import cache_dir
+from fertk.core.errors import DatasetError
 
 
 def default_cache_dir() -> Path:
-    """Where preprocessed faces are cached: $FERTK_CACHE_DIR/preprocess, else the user cache dir."""
-    root = os.environ.get("FERTK_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "preprocess"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("fertk")) / "preprocess"
+    """Where preprocessed faces are cached: `<cache root>/preprocess` (see `fertk.core.paths`)."""
+    return cache_dir("preprocess")
 
 
 def is_synth_dataset(path: str | Path) -> bool:

@@ -1,6 +1,6 @@
 """Dataset readers: each public FER dataset's documented layout → a list of `FaceRecord`s.
 
-Every reader returns `(records, report)`: records carry canonical labels (`fertk.emotions`), a
+Every reader returns `(records, report)`: records carry canonical labels (`fertk.core.emotions`), a
 subject id, the dataset name as `source`, an image path (or inline pixels for FER2013) and
 layout-specific `meta`; the `ReadReport` counts what was dropped and why. Classes outside
 `classes` (default: the six Ekman emotions) are dropped unless asked for with `keep=("neutral",)`
@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from fertk.data.records import FaceRecord
-from fertk.emotions import (
+from fertk.core.emotions import (
     AFFECTNET_CODES,
     ALL_EMOTIONS,
     CKPLUS_CODES,
@@ -64,10 +64,9 @@ from fertk.emotions import (
     MMI_CODES,
     SYNONYMS,
     is_emotion,
-    normalize_emotion,
     parse_emotions,
 )
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.errors import DatasetError, InvalidInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv")

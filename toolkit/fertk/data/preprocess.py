@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import zlib
@@ -43,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from fertk.data.records import FaceArrays, FaceRecord
-from fertk.emotions import ALL_EMOTIONS, class_index
-from fertk._files import honour_umask
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.emotions import ALL_EMOTIONS, class_index
+from fertk.core.io import atomic_target
+from fertk.core.errors import DatasetError, InvalidInputError
 
 DETECT_MODES = ("auto", "haar", "box", "none")
 # Bump when the crop/resize code changes what it produces: old cache files then miss.
@@ -462,20 +461,11 @@ def _write_cache(path: Path, entries: dict[str, tuple[int, np.ndarray, str]], co
     for i, fp in enumerate(fps):
         if entries[fp][0] == _OK:
             images[i] = entries[fp][1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, fingerprints=np.array(fps, dtype="U40"),
-                     status=np.array([entries[fp][0] for fp in fps], np.uint8), images=images,
-                     keys=np.array([entries[fp][2] for fp in fps], dtype=str),
-                     config=np.array(config.fingerprint()))
-            handle.flush()
-            os.fsync(handle.fileno())
-        honour_umask(tmp)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path, fsync=True) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, fingerprints=np.array(fps, dtype="U40"),
+                 status=np.array([entries[fp][0] for fp in fps], np.uint8), images=images,
+                 keys=np.array([entries[fp][2] for fp in fps], dtype=str),
+                 config=np.array(config.fingerprint()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +507,7 @@ def preprocess_records(
 ) -> tuple[FaceArrays, PreprocessReport]:
     """Crop/gray/resize every record (cached under `cache_dir` when given) into FaceArrays.
 
-    `classes` fixes the label order (default: the labels present, in fertk.emotions order).
+    `classes` fixes the label order (default: the labels present, in fertk.core.emotions order).
     Faces without a detection and unreadable images are left out and listed in the report;
     with `strict=True` an unreadable image raises DatasetError instead.
     """

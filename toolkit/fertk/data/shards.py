@@ -34,12 +34,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from fertk.data.records import FaceArrays
-from fertk.errors import DatasetError
+from fertk.core.errors import DatasetError
+from fertk.core.io import HashingWriter, atomic_write_bytes, json_bytes, sha256_bytes, sha256_file, unlink_quietly
+from fertk.core.io import create_json_exclusive as _create_json_exclusive
 
 FORMATS: tuple[str, ...] = ("wds", "folder", "npy")
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -66,95 +68,24 @@ def _io_error(path: Path | str, exc: OSError) -> DatasetError:
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write `data` to `path` via a temporary file and rename; a reader sees all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """`fertk.core.io.atomic_write_bytes`, a failed write reported as a one-line DatasetError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data, fsync=fsync)
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise _io_error(path, exc) from None
-
-
-def _unlink_quietly(path: Path) -> None:
-    """Remove a temporary file if it can be (its folder may be gone or a file now): cleanup never
-    replaces the error that caused it."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Pretty, key-sorted JSON written atomically."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(data))
 
 
 def create_json_exclusive(path: Path, data: Any) -> bool:
-    """Write JSON to `path` only if no file is there yet (all or nothing); False when one already was.
-
-    The complete file is written aside and hard-linked into place: of several processes creating
-    the same file at once exactly one wins, and no reader ever sees a partial file. On a file
-    system without hard links it falls back to a rename (last writer wins)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """`fertk.core.io.create_json_exclusive`, a failed write reported as a one-line DatasetError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (some network / FAT file systems)
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-        return True
+        return _create_json_exclusive(path, data)
     except OSError as exc:
         raise _io_error(path, exc) from None
-    finally:
-        _unlink_quietly(tmp)
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-class _HashingFile:
-    """A write-only binary file that hashes and counts what passes through it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fh: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.fh.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def close(self, *, fsync: bool = True) -> None:
-        if not self.fh.closed:
-            self.fh.flush()
-            if fsync:
-                os.fsync(self.fh.fileno())
-            self.fh.close()
-
-    def discard(self) -> None:
-        if not self.fh.closed:
-            self.fh.close()
-        self.path.unlink(missing_ok=True)
 
 
 # -- layout ----------------------------------------------------------------------------------
@@ -376,7 +307,7 @@ class ShardWriter:
             "format": self.layout.fmt,
             "files": self.result.files,
             "manifest": {"file": part_path.relative_to(self.layout.root).as_posix(), "bytes": len(part),
-                         "sha256": hashlib.sha256(part).hexdigest(), "rows": len(self.manifest_lines)},
+                         "sha256": sha256_bytes(part), "rows": len(self.manifest_lines)},
             **(record_extra or {}),
         }
         write_json_atomic(self.layout.record_path(self.shard), record)
@@ -411,7 +342,7 @@ class WdsShardWriter(ShardWriter):
         self.tmp = self.final.with_name(self.final.name + ".tmp")
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.out = _HashingFile(self.tmp)
+            self.out = HashingWriter(self.tmp)
         except OSError as exc:
             raise _io_error(self.tmp, exc) from None
 
@@ -460,7 +391,7 @@ class NpyShardWriter(ShardWriter):
         self.labels: list[np.ndarray] = []
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.out = _HashingFile(self.tmp)
+            self.out = HashingWriter(self.tmp)
             header = {"descr": "|u1", "fortran_order": False, "shape": (faces, *image_shape)}
             np.lib.format.write_array_header_1_0(self.out, header)
         except OSError as exc:
@@ -479,7 +410,7 @@ class NpyShardWriter(ShardWriter):
         write_bytes_atomic(self.layout.root / self.labels_rel, labels)
         os.replace(self.tmp, self.final)
         self.result.files[self.rel] = {"bytes": self.out.size, "sha256": self.out.sha.hexdigest()}
-        self.result.files[self.labels_rel] = {"bytes": len(labels), "sha256": hashlib.sha256(labels).hexdigest()}
+        self.result.files[self.labels_rel] = {"bytes": len(labels), "sha256": sha256_bytes(labels)}
 
     def _abort_impl(self) -> None:
         self.out.discard()
@@ -504,7 +435,7 @@ class FolderShardWriter(ShardWriter):
             with open(tmp, "wb") as fh:
                 fh.write(pngs[j])
             os.replace(tmp, final)
-            self.result.files[rel] = {"bytes": len(pngs[j]), "sha256": hashlib.sha256(pngs[j]).hexdigest()}
+            self.result.files[rel] = {"bytes": len(pngs[j]), "sha256": sha256_bytes(pngs[j])}
             rels.append(rel)
         return rels
 
@@ -604,7 +535,7 @@ def merge_manifest(layout: DatasetLayout, num_shards: int, fingerprint: str | No
             os.fsync(out.fileno())
         os.replace(tmp, layout.manifest_path)
     except OSError as exc:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise _io_error(layout.manifest_path, exc) from None
     return True
 
@@ -864,10 +795,10 @@ def verify_dataset(path: str | Path, *, max_problems: int = 50) -> VerifyReport:
                 problems.append(f"{shard_name(s)}: missing {rel}")
             elif target.stat().st_size != info["bytes"]:
                 problems.append(f"{shard_name(s)}: {rel} has {target.stat().st_size} bytes, record says {info['bytes']}")
-            elif sha256_of(target) != info["sha256"]:
+            elif sha256_file(target) != info["sha256"]:
                 problems.append(f"{shard_name(s)}: {rel} sha256 mismatch")
         part = layout.manifest_part_path(s)
-        if not part.is_file() or sha256_of(part) != record["manifest"]["sha256"]:
+        if not part.is_file() or sha256_file(part) != record["manifest"]["sha256"]:
             problems.append(f"{shard_name(s)}: manifest part missing or altered")
             continue
         rows = _read_manifest_part(layout, s)

@@ -10,8 +10,6 @@ subjects than the counts ask for, the counts are scaled down proportionally and 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from fertk.data.records import FaceArrays, FaceRecord
-from fertk._files import honour_umask
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.io import atomic_write_text
+from fertk.core.errors import DatasetError, InvalidInputError
 
 PAPER_SIZES = (109, 10, 25)
 MANIFEST_FORMAT = "fertk-split"
@@ -199,18 +197,7 @@ def subject_split(
 def save_manifest(split: Split, path: str | Path) -> Path:
     """Write the split as JSON (seed, sizes, subjects and sample keys per part), atomically."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(split.to_dict(), handle, indent=1)
-            handle.write("\n")
-        honour_umask(tmp)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(split.to_dict(), indent=1) + "\n", fsync=False)
 
 
 def load_manifest(path: str | Path) -> Split:

@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fertk.engines.base import Engine, EngineStats, TensorSpec
-from fertk.errors import BackendUnavailableError, InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.engines.base import Engine, EngineStats
+from fertk.core.errors import BackendUnavailableError, InvalidInputError
 
 BACKENDS = ("torch", "ort", "trt")
 # Backend rows (`fertk info`, `fertk bench` rows and --backends) have one spelling each, the names
@@ -69,11 +70,18 @@ class BackendStatus:
         return asdict(self)
 
 
+def machine_info() -> dict[str, Any]:
+    """Machine facts (`fertk.core.versions.collect_info`) plus which engine backends can run here."""
+    from fertk.core.versions import collect_info
+
+    return collect_info(backends=[b.to_dict() for b in backend_report()])
+
+
 def backend_report() -> list[BackendStatus]:
     """One line per backend: can it run on this machine, and why (not)."""
     import torch
 
-    from fertk.sysinfo import package_version
+    from fertk.core.versions import package_version
 
     cuda = torch.cuda.is_available()
     no_cuda = "no CUDA device visible to torch"
@@ -316,5 +324,5 @@ def _open_trt(source: Any, kind: str, device: str, precision: str, input_specs: 
                      onnx_sha256=artifact.card.onnx.get("sha256"))
 
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_ALIASES", "BackendStatus", "Engine", "EngineStats", "TensorSpec", "backend_report",
+__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_ALIASES", "BackendStatus", "Engine", "EngineStats", "TensorSpec", "backend_report", "machine_info",
            "canonical_backend_name", "choose_backend", "open_engine"]

@@ -15,57 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fertk.errors import InvalidInputError
-
-# A dimension is an int (fixed) or a string naming a dynamic axis ("batch").
-Dim = int | str
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, dtype (numpy name, e.g. "float32", "uint8") and shape of one input or output."""
-
-    name: str
-    dtype: str
-    shape: tuple[Dim, ...]
-
-    def check(self, value: Any) -> None:
-        """Raise InvalidInputError when `value` does not fit this spec."""
-        shape = tuple(value.shape)
-        dtype = _dtype_name(value)
-        if dtype != self.dtype:
-            raise InvalidInputError(f"input {self.name!r} has dtype {dtype}, expected {self.describe()}")
-        if len(shape) != len(self.shape) or any(
-            isinstance(want, int) and want != got for want, got in zip(self.shape, shape)
-        ):
-            raise InvalidInputError(f"input {self.name!r} has shape {list(shape)}, expected {self.describe()}")
-
-    def describe(self) -> str:
-        """E.g. 'float32[batch, 1, 64, 64]'."""
-        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
-
-    def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        """The shape with every dynamic axis set to `batch`."""
-        return tuple(d if isinstance(d, int) else batch for d in self.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TensorSpec":
-        """Inverse of to_dict."""
-        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
-
-
-def _dtype_name(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return value.dtype.name
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:
-        raise InvalidInputError(f"expected a numpy array or torch tensor, got {type(value).__name__}")
-    text = str(dtype)
-    return text.removeprefix("torch.")
+from fertk.core.errors import InvalidInputError
+from fertk.core.specs import TensorSpec
 
 
 @dataclass

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 DEFAULT_BATCH = 128          # identities per call when nothing better is known (synth's old default)
 REDUCED_ORDER = ("fp16", "bf16")   # fp16 first: same tensor-core rate as bf16, 3 more mantissa bits

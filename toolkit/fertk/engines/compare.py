@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import InvalidInputError, ParityError
+from fertk.engines.base import Engine
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import InvalidInputError, ParityError
 
 # A value range per input name, e.g. {"image": (0.0, 1.0)}; inputs without one draw N(0, 1).
 Ranges = Mapping[str, Sequence[float]]

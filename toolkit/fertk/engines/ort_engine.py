@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.core.specs import TensorSpec, match_specs
+from fertk.engines.base import Engine
+from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -126,8 +127,8 @@ class OrtEngine(Engine):
 
         graph_in = tuple(_spec_of(v) for v in self.session.get_inputs())
         graph_out = tuple(_spec_of(v) for v in self.session.get_outputs())
-        super().__init__(_reconcile("input", input_specs, graph_in, self.model_path),
-                         _reconcile("output", output_specs, graph_out, self.model_path))
+        super().__init__(match_specs("input", input_specs, graph_in, str(self.model_path)),
+                         match_specs("output", output_specs, graph_out, str(self.model_path)))
         self._binding = self.session.io_binding()
         self._output_names = [s.name for s in self.output_specs]
         self._np_out = tuple(np.dtype(s.dtype) for s in self.output_specs)
@@ -266,24 +267,6 @@ def _spec_of(value: Any) -> TensorSpec:
         else:
             shape.append(dim if isinstance(dim, str) and dim else f"{value.name}_dim{i}")
     return TensorSpec(value.name, dtype, tuple(shape))
-
-
-def _reconcile(kind: str, declared: Sequence[TensorSpec] | None, graph: tuple[TensorSpec, ...],
-               path: Path) -> tuple[TensorSpec, ...]:
-    """Declared specs must name the graph's I/O (any order) with the same dtypes and fixed dims."""
-    if declared is None:
-        return graph
-    declared = tuple(declared)
-    by_name = {s.name: s for s in graph}
-    if sorted(by_name) != sorted(s.name for s in declared):
-        raise ArtifactError(f"{path} has {kind}s {sorted(by_name)}, the card declares {[s.name for s in declared]}")
-    for spec in declared:
-        got = by_name[spec.name]
-        if got.dtype != spec.dtype or len(got.shape) != len(spec.shape) or any(
-                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, got.shape)):
-            raise ArtifactError(f"{path}: {kind} {spec.name!r} is {got.describe()} in the graph, "
-                                f"the card declares {spec.describe()}")
-    return declared
 
 
 def _np_dtype_of(tensor: Any) -> Any:

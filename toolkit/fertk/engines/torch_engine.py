@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
+from fertk.engines.base import Engine
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import InvalidInputError, UnsupportedPrecisionError
+from fertk.core.devices import resolve_device
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -39,24 +41,6 @@ def torch_dtype(name: str) -> Any:
     if not isinstance(dtype, torch.dtype):
         raise InvalidInputError(f"no torch dtype for {name!r}")
     return dtype
-
-
-def resolve_device(device: str) -> str:
-    """Validate a device string ("cpu", "cuda", "cuda:1"); error when CUDA is asked for but absent."""
-    import torch
-
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                f"device {device!r} asked for, but torch sees no CUDA device (torch {torch.__version__})",
-                hint="use device='cpu', or install a CUDA build of torch on a machine with a GPU")
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise BackendUnavailableError(f"device {device!r} asked for, only {torch.cuda.device_count()} CUDA devices")
-        return f"cuda:{index}"
-    raise InvalidInputError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N")
 
 
 class TorchEngine(Engine):

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import ArtifactError, InvalidInputError
+from fertk.core.specs import TensorSpec, match_specs
+from fertk.engines.base import Engine
+from fertk.core.errors import ArtifactError, InvalidInputError
 
 # TensorRT DataType member name -> numpy/torch dtype name
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
@@ -88,8 +89,8 @@ class TrtEngine(Engine):
             input_specs = [TensorSpec.from_dict(d) for d in meta["inputs"]]
         if output_specs is None and meta.get("outputs"):
             output_specs = [TensorSpec.from_dict(d) for d in meta["outputs"]]
-        super().__init__(_match("input", input_specs, graph_in, self.engine_path),
-                         _match("output", output_specs, graph_out, self.engine_path))
+        super().__init__(match_specs("input", input_specs, graph_in, self.engine_path.name, found_in="engine", check_shapes=False),
+                         match_specs("output", output_specs, graph_out, self.engine_path.name, found_in="engine", check_shapes=False))
         self._in_dtypes = tuple(getattr(torch, s.dtype) for s in self.input_specs)
         self._out_dtypes = tuple(getattr(torch, s.dtype) for s in self.output_specs)
 
@@ -146,18 +147,3 @@ def _spec_shape(dims: Any) -> tuple[int | str, ...]:
     for i, d in enumerate(tuple(dims)):
         shape.append(int(d) if d >= 0 else ("batch" if i == 0 else f"dim{i}"))
     return tuple(shape)
-
-
-def _match(kind: str, declared: Sequence[TensorSpec] | None, graph: tuple[TensorSpec, ...],
-           path: Path) -> tuple[TensorSpec, ...]:
-    if declared is None:
-        return graph
-    declared = tuple(declared)
-    by_name = {s.name: s for s in graph}
-    if sorted(by_name) != sorted(s.name for s in declared):
-        raise ArtifactError(f"{path.name} has {kind}s {sorted(by_name)}, expected {[s.name for s in declared]}")
-    for spec in declared:
-        if by_name[spec.name].dtype != spec.dtype:
-            raise ArtifactError(f"{path.name}: {kind} {spec.name!r} is {by_name[spec.name].dtype} in the engine, "
-                                f"expected {spec.describe()}")
-    return declared

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fertk.data.splits import PAPER_SIZES
-from fertk.emotions import EKMAN, parse_emotions
-from fertk.errors import InvalidInputError
+from fertk.core.emotions import EKMAN, parse_emotions
+from fertk.core.errors import InvalidInputError
 
 if sys.version_info >= (3, 11):
     import tomllib

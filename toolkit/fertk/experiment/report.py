@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fertk.evaluate import EvalReport, atomic_write_text, save_figure
+from fertk.core.io import atomic_write_text
+from fertk.evaluate import EvalReport, save_figure
 from fertk.experiment.config import ExperimentConfig
 from fertk.experiment.runner import DONE_FILE, METRICS_FILE, EventCallback, _emit
 from fertk.experiment.stats import mean_ci
@@ -443,7 +444,7 @@ def _safe(name: str) -> str:
 
 def read_run_json(path: Path) -> Any:
     """A JSON file of a run directory; a damaged one is a one-line error naming it."""
-    from fertk.errors import InvalidInputError
+    from fertk.core.errors import InvalidInputError
 
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -464,7 +465,7 @@ def collect_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def report_from_run_dir(run_dir: str | Path, *, on_event: EventCallback | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rebuild the report of a run directory from its finished cells (no training)."""
-    from fertk.errors import InvalidInputError
+    from fertk.core.errors import InvalidInputError
 
     run_dir = Path(run_dir)
     resolved_path = run_dir / "config.resolved.json"

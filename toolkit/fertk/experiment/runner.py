@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from fertk.data.records import FaceArrays
-from fertk.errors import DatasetError, FertkError, InvalidInputError, OutputExistsError
-from fertk.evaluate import atomic_write_text
+from fertk.core.errors import DatasetError, FertkError, InvalidInputError, OutputExistsError
+from fertk.core.io import atomic_write_text
 from fertk.experiment.config import DatasetSpec, ExperimentConfig
 
 UNITS_FORMAT = "fertk-synthetic-units"

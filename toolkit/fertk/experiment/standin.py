@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fertk.errors import InvalidInputError, OutputExistsError
-from fertk.evaluate import atomic_write_text
+from fertk.core.errors import InvalidInputError, OutputExistsError
+from fertk.core.io import atomic_write_text
 from fertk.experiment.config import config_from_toml_text
 from fertk.experiment.runner import EventCallback, prepare_all
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 
 def t_central_probability(t: float, df: int) -> float:

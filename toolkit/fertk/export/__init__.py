@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fertk.errors import ArtifactError, InvalidInputError, OutputExistsError, ParityError
+from fertk.core.specs import argmax_outputs
+from fertk.core.errors import ArtifactError, InvalidInputError, OutputExistsError, ParityError
 
 if TYPE_CHECKING:
-    from fertk.engines.base import TensorSpec
+    from fertk.core.specs import TensorSpec
     from fertk.export.artifacts import Artifact
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -106,7 +107,7 @@ def slug(text: str) -> str:
 def specs_of(module: Any, model_card: Mapping[str, Any] | None = None
              ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None:
     """I/O specs from the module's `input_specs`/`output_specs` attributes, else its card; or None."""
-    from fertk.engines.base import TensorSpec
+    from fertk.core.specs import TensorSpec
 
     inputs = getattr(module, "input_specs", None)
     outputs = getattr(module, "output_specs", None)
@@ -349,12 +350,6 @@ def _tolerances(specs: Sequence[TensorSpec], options: ExportOptions) -> dict[str
     return {s.name: tol for s in specs if np.dtype(s.dtype).kind == "f"}
 
 
-def _argmax_outputs(source: ModelSource) -> list[str]:
-    if source.task != "classifier":
-        return []
-    return [s.name for s in source.output_specs if len(s.shape) == 2]
-
-
 def _build_artifact(staging: Path, source: ModelSource, key: str, options: ExportOptions, calibration: Any,
                     progress: Progress | None) -> None:
     from fertk.engines.compare import compare_engines
@@ -375,7 +370,7 @@ def _build_artifact(staging: Path, source: ModelSource, key: str, options: Expor
             OrtEngine(staging / VARIANT_FILES["fp32"], source.input_specs, source.output_specs) as candidate:
         (report,) = compare_engines(reference, [candidate], batch=options.parity_batch, seeds=options.parity_seeds,
                                     ranges=source.ranges, tolerances=_tolerances(source.output_specs, options),
-                                    argmax_outputs=_argmax_outputs(source))
+                                    argmax_outputs=argmax_outputs(source.task, source.output_specs))
     _say(progress, report.summary())
     report.raise_if_failed(f"export of {source.name}")
     onnx_info = info.to_dict()
@@ -498,7 +493,8 @@ def export_onnx_file(path: str | Path, *, out: str | Path | None = None, options
         CARD_FILE, VARIANT_FILES, ArtifactCard, artifacts_root, build_atomically, is_artifact_dir,
         library_versions, load_artifact, spec_dicts, utc_now, write_json_atomic,
     )
-    from fertk.export.onnx import opset_of, read_onnx_specs, sha256_of
+    from fertk.core.io import sha256_file
+    from fertk.export.onnx import opset_of, read_onnx_specs
 
     options = options or ExportOptions()
     path = Path(path)
@@ -508,7 +504,7 @@ def export_onnx_file(path: str | Path, *, out: str | Path | None = None, options
     warnings.warn(f"{path.name} has no fertk card: I/O specs read from the graph "
                   f"({', '.join(s.name + ' ' + s.describe() for s in inputs)}); no PyTorch parity check",
                   UserWarning, stacklevel=2)
-    key = sha256_of(path)
+    key = sha256_file(path)
     final = Path(out) if out is not None else artifacts_root() / f"{slug(path.stem)}-{key[:12]}"
     if is_artifact_dir(final) and not options.force:
         existing = load_artifact(final)
@@ -534,7 +530,7 @@ def export_onnx_file(path: str | Path, *, out: str | Path | None = None, options
             inputs=spec_dicts(inputs), outputs=spec_dicts(outputs),
             onnx={"file": target.name, "opset": opset_of(proto), "exporter": "external", "optimizer": None,
                   "nodes": len(proto.graph.node), "size_bytes": target.stat().st_size, "external_data": False,
-                  "sha256": sha256_of(target)},
+                  "sha256": sha256_file(target)},
             versions=library_versions(), created=utc_now(), source=str(path.resolve()), parity=None,
             options=options.to_dict(), model_card={"note": "foreign ONNX file: specs read from the graph"},
         )

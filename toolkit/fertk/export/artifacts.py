@@ -29,38 +29,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import ArtifactError, OutputExistsError
+from fertk.core.specs import argmax_outputs
+from fertk.core.specs import TensorSpec
+from fertk.core.io import atomic_write_text
+from fertk.core.paths import cache_dir
+from fertk.core.errors import ArtifactError, OutputExistsError
 
 FORMAT = "fertk-artifact/1"
 CARD_FILE = "card.json"
 ENGINES_DIR = "engines"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-# FERTK_CACHE_DIR is the one variable every fertk cache honours (preprocess, artifacts);
-# FERTK_CACHE is the earlier name, still accepted.
-CACHE_ENVS = ("FERTK_CACHE_DIR", "FERTK_CACHE")
-
-
-def cache_root() -> Path:
-    """fertk's cache root: $FERTK_CACHE_DIR (or $FERTK_CACHE), else the user cache dir + /fertk."""
-    for name in CACHE_ENVS:
-        env = os.environ.get(name)
-        if env:
-            return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("fertk", appauthor=False))
-
-
 def artifacts_root() -> Path:
     """Where exported artifacts are cached by default."""
-    return cache_root() / "artifacts"
+    return cache_dir("artifacts")
 
 
 def library_versions() -> dict[str, str | None]:
     """Versions that shape an exported graph (recorded in every card)."""
     from fertk import __version__
-    from fertk.sysinfo import package_version
+    from fertk.core.versions import package_version
 
     return {
         "fertk": __version__,
@@ -117,9 +104,7 @@ class ArtifactCard:
 
     def argmax_outputs(self) -> list[str]:
         """Outputs whose argmax is meaningful (2-D outputs of classifiers)."""
-        if self.task != "classifier":
-            return []
-        return [d["name"] for d in self.outputs if len(d["shape"]) == 2]
+        return argmax_outputs(self.task, self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -187,9 +172,7 @@ class Artifact:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n", fsync=False)
 
 
 def is_artifact_dir(path: str | Path) -> bool:

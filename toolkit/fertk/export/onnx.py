@@ -13,7 +13,6 @@ checked at a batch size different from the one traced (see `fertk.export`).
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import ArtifactError, InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import ArtifactError, InvalidInputError
+from fertk.core.io import sha256_file
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
@@ -118,7 +118,7 @@ def export_onnx(
     return OnnxExportInfo(
         path=str(path), opset=opset_of(proto), exporter=exporter, optimizer=optimizer,
         nodes=len(proto.graph.node), size_bytes=total, external_data=external,
-        sha256=sha256_of(path), seconds=round(time.perf_counter() - start, 3),
+        sha256=sha256_file(path), seconds=round(time.perf_counter() - start, 3),
     )
 
 
@@ -306,12 +306,3 @@ def _payload_bytes(proto: Any) -> int:
 def opset_of(proto: Any) -> int:
     """The default-domain opset a ModelProto imports."""
     return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

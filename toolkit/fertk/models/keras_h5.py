@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fertk.errors import CheckpointError, InvalidInputError
+from fertk.core.errors import CheckpointError, InvalidInputError
 
 SUPPORTED = (
     "InputLayer", "Conv2D", "SeparableConv2D", "DepthwiseConv2D", "BatchNormalization", "Activation",

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fertk.errors import CheckpointError, UnsafeFileError
+from fertk.core.errors import CheckpointError, UnsafeFileError
 
 SUPPORTED = ("NVlabs stylegan2-ada-pytorch network pickles (StyleGAN2 Generator), "
              "StyleGAN2 generators from the NVlabs stylegan3 repository, or a state dict + config JSON")

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fertk.emotions import CONTEMPT, NEUTRAL, normalize_emotion
-from fertk.errors import InvalidInputError
+from fertk.core.emotions import CONTEMPT, NEUTRAL, normalize_emotion
+from fertk.core.errors import InvalidInputError
 from fertk.models._procedural_styles import (
     BACKGROUND_PALETTE,
     CLOTHING_PALETTE,

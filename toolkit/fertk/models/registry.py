@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 # Modules that register models on import; imported lazily by list_models/get_entry so that
 # `import fertk` stays light.
@@ -128,10 +127,6 @@ def load_model(name: str, weights: str | Path | None = None, **config: Any) -> t
     return entry.builder(weights=Path(weights) if weights is not None else None, **config)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def count_parameters(module: Any) -> int:
+    """Number of parameters of a torch module (recorded in every model card)."""
+    return sum(p.numel() for p in module.parameters())

@@ -31,7 +31,6 @@ safetensors file stores its size in its header.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -42,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fertk.emotions import EKMAN, NEUTRAL, STARGAN_AUTHORS_ORDER, normalize_emotion
-from fertk._files import honour_umask
-from fertk.errors import CheckpointError, InvalidInputError
-from fertk.models.registry import ModelCard, register_model, sha256_file
+from fertk.core.emotions import EKMAN, NEUTRAL, STARGAN_AUTHORS_ORDER, normalize_emotion
+from fertk.core.io import atomic_target
+from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.models.registry import ModelCard, count_parameters, register_model
 from fertk.models.weights import load_into, read_state_dict
 
 NORM_MODES = ("instance", "running")
@@ -412,11 +412,6 @@ class StarGANDiscriminator(nn.Module):
         return self.conv1(h), self.conv2(h).reshape(x.shape[0], self.c_dim)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (buffers excluded)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 # --------------------------------------------------------------------------------------------
 # Reading and writing checkpoints
 
@@ -530,20 +525,14 @@ def save_stargan(model: StarGANGenerator | StarGANDiscriminator, path: str | Pat
     """Write weights atomically: `.safetensors` (config in the header) or `.ckpt`/`.pt` (a plain
     state dict via torch.save, like the official solver)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with atomic_target(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(state, str(tmp), metadata={META_KEY: json.dumps(model.config.to_dict())})
-            honour_umask(tmp)  # safetensors creates 0600 files
         else:
             torch.save(state, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -51,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fertk._files import honour_umask
-from fertk.errors import CheckpointError, InvalidInputError
-from fertk.models.registry import ModelCard, register_model, sha256_file
+from fertk.core.io import atomic_target, atomic_write_text
+from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.models.registry import ModelCard, count_parameters, register_model
 from fertk.models.weights import STATE_DICT_SUFFIXES, load_into, read_state_dict
 
 ARCHITECTURES = ("orig", "skip", "resnet")
@@ -921,11 +922,6 @@ class StyleGAN2Sampler(nn.Module):
         return card
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 # ----------------------------------------------------------------------------------------------
 # Cards, files and the registry entry
 
@@ -1058,16 +1054,11 @@ def save_stylegan2(model: StyleGAN2Generator, path: str | Path) -> ModelCard:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InvalidInputError(f"save StyleGAN2 weights as .safetensors, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    honour_umask(tmp)  # safetensors creates 0600 files
-    tmp.replace(path)
+    with atomic_target(path) as tmp:
+        save_file(state, str(tmp))
     sidecar = config_sidecar_candidates(path)[0]
-    sidecar_tmp = sidecar.with_name(sidecar.name + ".tmp")
-    sidecar_tmp.write_text(json.dumps(model.config.to_kwargs(), indent=1))
-    sidecar_tmp.replace(sidecar)
+    atomic_write_text(sidecar, json.dumps(model.config.to_kwargs(), indent=1), fsync=False)
     return stylegan2_card(model, weights=path, extra={"config_file": str(sidecar)})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from fertk.errors import CheckpointError, UnsafeFileError
+from fertk.core.errors import CheckpointError, UnsafeFileError
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 

@@ -8,17 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fertk.engines.base import Engine, TensorSpec
-from fertk.errors import CheckpointError, InvalidInputError
-
-
-def resolve_device(device: str, local_rank: int, world_size: int) -> str:
-    """'auto' → cuda when visible else cpu; under torchrun, 'cuda' → this rank's own GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and world_size > 1:
-        device = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
-    return device
+from fertk.engines.base import Engine
+from fertk.core.specs import TensorSpec
+from fertk.core.errors import CheckpointError, InvalidInputError
 
 
 def auto_cpu_backend(generator: str) -> str:

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from fertk.emotions import ALL_EMOTIONS, parse_emotions
-from fertk.errors import InvalidInputError
+from fertk.core.emotions import ALL_EMOTIONS, parse_emotions
+from fertk.core.errors import InvalidInputError
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

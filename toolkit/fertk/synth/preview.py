@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fertk.data.shards import write_bytes_atomic
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.errors import DatasetError, InvalidInputError
 
 PREVIEW_IDENTITIES = 6
 HEADER = 22     # pixels of column titles

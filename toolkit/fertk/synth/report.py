@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from fertk.data.shards import layout_of, read_arrays
-from fertk.emotions import NEUTRAL
-from fertk.errors import DatasetError, InvalidInputError
+from fertk.core.emotions import NEUTRAL
+from fertk.core.errors import DatasetError, InvalidInputError
 
 REPORT_DIR = "report"
 MAX_DIVERSITY_IDS = 2000
@@ -269,7 +269,8 @@ def worst_faces(p_intended: np.ndarray, pred: np.ndarray, labels: np.ndarray, cl
 # -- files ------------------------------------------------------------------------------------------
 def write_report(report: SynthReport, images: np.ndarray, out: str | Path) -> dict[str, str]:
     """Write the report's files into `out`; returns {kind: path}."""
-    from fertk.evaluate import atomic_write_text, save_figure
+    from fertk.core.io import atomic_write_text
+    from fertk.evaluate import save_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

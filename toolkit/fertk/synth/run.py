@@ -43,8 +43,8 @@ from fertk.data.shards import (
     create_json_exclusive, open_shard_writer, options_fingerprint, read_json, read_options, remove_shard,
     remove_stale_dataset_temps, remove_stale_temps, shard_done, write_json_atomic,
 )
-from fertk.emotions import EKMAN, NEUTRAL, parse_emotions
-from fertk.errors import BackendUnavailableError, DatasetError, FertkError, InvalidInputError, OutputExistsError
+from fertk.core.emotions import EKMAN, NEUTRAL, parse_emotions
+from fertk.core.errors import BackendUnavailableError, DatasetError, FertkError, InvalidInputError, OutputExistsError
 from fertk.synth.plan import SeedPlan, parse_intensity
 
 FORMAT_VERSION = 1
@@ -286,7 +286,7 @@ def _resolve_execution(options: SynthOptions, plan: SeedPlan, recorded: dict[str
                        rank: int, world: int, local_rank: int) -> _Execution:
     """Backend, device, compile and batch for this run: the dataset's recorded choices where this run
     leaves them automatic, an error where it asks for another one (a new dataset: the defaults)."""
-    from fertk.synth.engines import resolve_device
+    from fertk.core.devices import resolve_device
 
     rec = recorded or {}
     want_backend = options.backend if options.backend not in (None, "auto") else None
@@ -305,7 +305,7 @@ def _resolve_execution(options: SynthOptions, plan: SeedPlan, recorded: dict[str
         backend = options.backend or "torch"
         device = want_device or ("cpu" if options.device is None else "auto")
         provider = None
-        if backend == "auto" and resolve_device(device, local_rank, world).startswith("cpu") \
+        if backend == "auto" and resolve_device(device, local_rank=local_rank, world_size=world).startswith("cpu") \
                 and options.precision == "fp32":
             from fertk.synth.engines import auto_cpu_backend
 
@@ -318,10 +318,10 @@ def _resolve_execution(options: SynthOptions, plan: SeedPlan, recorded: dict[str
                                                     options.precision)
             provider = extra.get("provider")
         if device == "auto":
-            device = resolve_device("auto", local_rank, world)
+            device = resolve_device("auto", local_rank=local_rank, world_size=world)
         if backend == "ort" and provider is None:
             provider = "cuda" if device.startswith("cuda") else "cpu"
-    device = resolve_device(device, local_rank, world)
+    device = resolve_device(device, local_rank=local_rank, world_size=world)
     if rec:
         compiled = bool(rec.get("compile"))
         if backend == "torch" and options.compile is not None and options.compile != compiled:
@@ -357,7 +357,7 @@ def _content_options(options: SynthOptions, hashes: dict[str, str | None]) -> di
 
 
 def _weights_hashes(options: SynthOptions) -> dict[str, str | None]:
-    from fertk.models.registry import sha256_file
+    from fertk.core.io import sha256_file
 
     hashes: dict[str, str | None] = {}
     for key in ("generator_weights", "translator_weights", "filter"):
@@ -595,7 +595,7 @@ def _worst(score: np.ndarray) -> np.ndarray:
 
 
 def _versions() -> dict[str, str | None]:
-    from fertk.sysinfo import package_version
+    from fertk.core.versions import package_version
 
     names = ("torch", "numpy", "opencv-python-headless", "onnxruntime", "webdataset")
     return {"fertk": fertk.__version__, "python": platform.python_version(),
@@ -612,7 +612,8 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
 
     # Everything that can fail on bad input fails here, before any shard work.
     from fertk.export.pipeline import build_pipeline
-    from fertk.synth.engines import FaceScorer, open_generation_engine, parity_vs_fp32, plan_generation, resolve_device
+    from fertk.core.devices import resolve_device
+    from fertk.synth.engines import FaceScorer, open_generation_engine, parity_vs_fp32, plan_generation
 
     if options.preview and rank == 0:
         from fertk.synth.preview import check_preview_path
@@ -627,7 +628,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     if options.backend == "auto" and not recorded.get("execution"):
         # A new dataset: --backend auto picks engine, precision and batch (on a GPU without TensorRT
         # the compiled fp16/bf16 graph replayed as CUDA graphs, batch from free memory).
-        auto_device = resolve_device(options.device or "auto", local_rank, world)
+        auto_device = resolve_device(options.device or "auto", local_rank=local_rank, world_size=world)
         choice = plan_generation(pipeline, backend="auto", device=auto_device, precision=options.precision,
                                  batch=options.batch, compile=options.compile, max_batch=min(plan.shard_size, plan.n))
         if choice.options:  # the GPU path: a torch engine with these options
@@ -810,7 +811,7 @@ def _dataset_card(options: SynthOptions, layout: DatasetLayout, plan: SeedPlan, 
                   engine_desc: dict[str, Any], scorer: Any, result: SynthResult,
                   hashes: dict[str, str | None]) -> dict[str, Any]:
     """dataset_card.json: what made the data, with which engine, how much, how fast."""
-    from fertk.sysinfo import cpu_model
+    from fertk.core.versions import cpu_model
 
     shard_seconds = 0.0
     attempts = rejected = 0

@@ -39,10 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from fertk.data.records import FaceArrays
-from fertk.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
+from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
+from fertk.core.devices import resolve_device, torch_threads
 from fertk.data.splits import PAPER_SIZES
-from fertk.evaluate import (DatasetOptions, EvalReport, atomic_write_bytes, atomic_write_text, canonical_class,
-                            dataset_info, dataset_name, evaluate_sets, faces_to_gray, map_labels, resolve_device,
+from fertk.core.io import atomic_write_bytes, atomic_write_text
+from fertk.evaluate import (DatasetOptions, EvalReport, canonical_class,
+                            dataset_info, dataset_name, evaluate_sets, faces_to_gray, map_labels,
                             save_figure, write_reports)
 from fertk.models.fer_cnn import INPUT_SIZE, VARIANTS, FerCNN, FerCNNConfig, save_fer_model
 from fertk.models.weights import load_into, read_json_object, read_state_dict
@@ -232,17 +234,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 # -- the loop ---------------------------------------------------------------------------------------
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _run_epoch(model: FerCNN, optimizer: torch.optim.Optimizer, faces: torch.Tensor, labels: torch.Tensor,
                config: FerTrainConfig, epoch: int, device: torch.device,
                on_batch: Callable[[int, float, float], None] | None) -> tuple[float, float]:
@@ -460,7 +451,7 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
             hint="train on the classes present (--classes " + ",".join(present or ["..."]) + "; Python: classes=...), "
                  "or pass --allow-missing-classes (Python: allow_missing_classes=True)")
     fingerprint = _fingerprint(config, classes, train_x, train_y, val_x, val_y)
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     card_data = {"train": summarize_arrays(train), "val": summarize_arrays(val), **dict(data_info or {})}
     if absent["train"] or absent["val"]:
         card_data["absent_classes"] = absent
@@ -492,7 +483,7 @@ def train_fer(train: FaceArrays, val: FaceArrays | None, config: FerTrainConfig 
         fresh.to(device)
         return fresh, torch.optim.Adam(fresh.parameters(), lr=config.lr)
 
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         model, optimizer = fresh_model(0)
         history: list[dict[str, float]] = []
         best_loss, best_epoch, bad_epochs, early_stopped = math.inf, 0, 0, False

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,8 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from fertk.data.records import FaceArrays
-from fertk.emotions import EKMAN, STARGAN_AUTHORS_ORDER
-from fertk.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
+from fertk.core.emotions import EKMAN, STARGAN_AUTHORS_ORDER
+from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
+from fertk.core.devices import resolve_device
+from fertk.core.io import atomic_target, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from fertk.models.stargan import StarGANDiscriminator, StarGANGenerator, save_stargan
 from fertk.models.weights import load_into, read_state_dict
 
@@ -281,30 +282,13 @@ def learning_rate(base: float, iteration: int, config: StarGANTrainConfig) -> fl
 # Files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     import cv2
 
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:  # pragma: no cover - cv2 encodes any uint8 HxWx3
         raise OSError(f"cannot encode {path}")
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, encoded.tobytes(), fsync=False)
 
 
 def _grid(rows: list[torch.Tensor]) -> np.ndarray:
@@ -317,15 +301,6 @@ def _grid(rows: list[torch.Tensor]) -> np.ndarray:
 def _weights_paths(models_dir: Path, iteration: int, fmt: str) -> dict[str, list[Path]]:
     suffixes = {"ckpt": [".ckpt"], "safetensors": [".safetensors"], "both": [".ckpt", ".safetensors"]}[fmt]
     return {net: [models_dir / f"{iteration}-{net}{s}" for s in suffixes] for net in ("G", "D")}
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {name!r} requested but torch sees no CUDA device", hint="use --device cpu")
-    return device
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,10 +363,8 @@ def _truncate_losses(path: Path, iteration: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_target(path) as tmp, open(tmp, "w", newline="") as fh:
         csv.writer(fh).writerows(kept)
-    os.replace(tmp, path)
 
 
 def train_stargan(config: StarGANTrainConfig, data: FaceArrays, out_dir: str | Path, progress: bool = True,
@@ -403,7 +376,7 @@ def train_stargan(config: StarGANTrainConfig, data: FaceArrays, out_dir: str | P
     started = time.perf_counter()
     out_dir = Path(out_dir)
     classes = config.classes
-    device = _resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
 
     saved = _read_state(out_dir)
     if saved is not None and not config.resume:
@@ -559,7 +532,7 @@ def _save_checkpoint(out_dir: Path, models_dir: Path, iteration: int, G: StarGAN
     for path in paths["D"]:
         save_stargan(D, path)
     optim_path = models_dir / f"{iteration}-optim.pt"
-    _atomic_torch_save({"G": g_opt.state_dict(), "D": d_opt.state_dict()}, optim_path)
+    atomic_torch_save({"G": g_opt.state_dict(), "D": d_opt.state_dict()}, optim_path)
     if iteration not in checkpoints:
         checkpoints.append(iteration)
     files = {
@@ -575,7 +548,7 @@ def _save_checkpoint(out_dir: Path, models_dir: Path, iteration: int, G: StarGAN
         "config": config.to_dict(),
         "rng": "per-iteration generators seeded from (seed, iteration); nothing to restore",
     }
-    _atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=2))
+    atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=2))
     # Only the latest optimizer state is kept: it is as large as G and D together, twice.
     old = previous.get("optim")
     if old and old != files["optim"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from fertk.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError
 
 EKMAN: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 NEUTRAL = "neutral"

@@ -50,3 +50,7 @@ class OutputExistsError(FertkError):
 
 class ArtifactError(FertkError):
     """An exported artifact or engine file is missing, corrupt, stale or foreign."""
+
+
+class DeviceUnavailableError(BackendUnavailableError, InvalidInputError):
+    """A device was named that this machine does not have (CUDA asked for, none visible)."""

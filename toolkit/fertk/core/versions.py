@@ -1,4 +1,4 @@
-"""Machine and library facts, shared by `fertk info`, dataset cards and benchmark results."""
+"""Machine and library facts (versions, CPU, GPUs), shared by `fertk info`, dataset cards and benchmark results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import platform
 import sys
 from typing import Any
 
-import fertk
+__version__ = "0.1.0"  # the package version (pyproject.toml says the same; a test checks)
+
 
 _PACKAGES = (
     "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-python",
@@ -53,15 +54,14 @@ def gpu_list() -> list[dict[str, Any]]:
     return gpus
 
 
-def collect_info() -> dict[str, Any]:
-    """Everything `fertk info` shows, as a JSON-able dict."""
+def collect_info(backends: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Machine facts as a JSON-able dict; `backends` (engine availability rows, from
+    `fertk.engines.backend_report`) is added as given, since core cannot ask the engines."""
     import psutil
     import torch
 
-    from fertk.engines import backend_report
-
     return {
-        "fertk": fertk.__version__,
+        "fertk": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": {
@@ -73,5 +73,5 @@ def collect_info() -> dict[str, Any]:
         "gpus": gpu_list(),
         "cuda_driver": torch.version.cuda if torch.cuda.is_available() else None,
         "packages": {name: package_version(name) for name in _PACKAGES},
-        "backends": [b.to_dict() for b in backend_report()],
+        "backends": list(backends or []),
     }
