@@ -19,11 +19,10 @@ from fertk.data.preprocess import (
     detect_faces,
     load_face,
     preprocess_records,
-    read_image,
-    sample_key,
     square_crop_box,
 )
-from fertk.data.records import FaceRecord
+from fertk.data.images import read_image
+from fertk.data.records import FaceRecord, sample_key
 from fertk.core.emotions import EKMAN
 from fertk.core.errors import DatasetError, InvalidInputError
 from tests.data.fixtures import (
@@ -197,8 +196,11 @@ def test_unreadable_images_are_counted_or_strict(tmp_path: Path) -> None:
 def test_gray_false_and_size_and_label_order(tmp_path: Path) -> None:
     root = make_folder_dataset(tmp_path / "d", ("surprise", "anger"), per_class=2, subjects=2, size=96)
     records, _ = read_folder(root, subject_pattern=r"^(s\d+)_")
-    arrays, report = preprocess_records(records, PreprocessConfig(size=40, gray=False), progress=True)
+    events = []
+    arrays, report = preprocess_records(records, PreprocessConfig(size=40, gray=False), progress=events.append)
     assert arrays.images.shape == (4, 40, 40, 3) and report.kept == 4
+    assert [(e.kind, e.done, e.total, e.unit) for e in events] == [
+        ("advance", k, 4, "images") for k in range(1, 5)] + [("done", 4, 4, "images")]
     assert arrays.classes == ("anger", "surprise")  # fertk.core.emotions order when not given
     assert sorted(arrays.subjects.tolist()) == ["s00", "s00", "s01", "s01"]
     with pytest.raises(InvalidInputError, match="outside classes"):

@@ -1,8 +1,9 @@
 """`load_arrays`: one call from a dataset path to preprocessed `FaceArrays`.
 
-A `fertk synth` output folder (it holds ``dataset_card.json``) is read by
-`fertk.data.shards.read_arrays`; anything else goes through a layout reader
-(`fertk.data.layouts`) and the face preprocessing (`fertk.data.preprocess`), cached on disk.
+A `fertk synth` output folder (it holds ``.fertk/options.json``: `fertk.data.shards.is_synth_dataset`)
+is read by `fertk.data.shards.read_arrays` once its run has finished, and refused before that,
+whatever the layout asked for; anything else goes through a layout reader (`fertk.data.layouts`)
+and the face preprocessing (`fertk.data.preprocess`), cached on disk.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fertk.core.emotions import EKMAN
+from fertk.core.errors import DatasetError
+from fertk.core.paths import cache_dir
+from fertk.core.progress import Progress
 from fertk.data.layouts import read_records, resolve_classes
 from fertk.data.preprocess import PreprocessConfig, preprocess_records
 from fertk.data.records import FaceArrays
-from fertk.core.emotions import EKMAN
-from fertk.core.paths import cache_dir
-from fertk.core.errors import DatasetError
+from fertk.data.shards import check_finished, is_synth_dataset, read_arrays
 
 
 def default_cache_dir() -> Path:
     """Where preprocessed faces are cached: `<cache root>/preprocess` (see `fertk.core.paths`)."""
     return cache_dir("preprocess")
-
-
-def is_synth_dataset(path: str | Path) -> bool:
-    """True for a folder written by `fertk synth` (it holds dataset_card.json)."""
-    return (Path(path).expanduser() / "dataset_card.json").is_file()
 
 
 def load_arrays(
@@ -36,10 +34,10 @@ def load_arrays(
     preprocess: PreprocessConfig | None = None,
     cache_dir: str | Path | None = None,
     strict: bool = False,
-    progress: bool = False,
+    progress: Progress | None = None,
     **reader_options: Any,
 ) -> FaceArrays:
-    """Read and preprocess a dataset (any layout, or a synth output) into FaceArrays.
+    """Read and preprocess a dataset (any layout, or a finished synth output) into FaceArrays.
 
     `reader_options` go to the layout's reader (e.g. keep=("neutral",), peak_frames=3,
     subject_pattern=...). The read and preprocess reports land in ``arrays.meta``.
@@ -47,8 +45,13 @@ def load_arrays(
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(f"dataset path not found: {path}")
-    if is_synth_dataset(path) and layout in ("auto", "synth"):
-        return _load_synth(path, classes, reader_options)
+    if not callable(progress):
+        progress = None  # callers from before the progress protocol pass a bool: no display from here
+    if is_synth_dataset(path):
+        # Partial data read by another layout would leak identities across a subject split.
+        check_finished(path)
+        if layout in ("auto", "synth"):
+            return _load_synth(path, classes, reader_options)
     records, read_report = read_records(path, layout=layout, classes=classes, **reader_options)
     config = preprocess if preprocess is not None else PreprocessConfig()
     arrays, pre_report = preprocess_records(
@@ -70,13 +73,10 @@ def load_arrays(
 
 
 def _load_synth(path: Path, classes: Iterable[str] | str | None, options: dict[str, Any]) -> FaceArrays:
-    # Imported here: the shard reader belongs to the synth side and may pull heavier deps.
-    from fertk.data.shards import read_arrays
-
     keep = options.pop("keep", ())
     if options:
         raise DatasetError(f"{path} is a `fertk synth` output; reader options {', '.join(sorted(options))} do not apply")
     return read_arrays(path, classes=resolve_classes(classes, keep))
 
 
-__all__ = ["default_cache_dir", "is_synth_dataset", "load_arrays"]
+__all__ = ["default_cache_dir", "load_arrays"]

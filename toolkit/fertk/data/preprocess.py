@@ -32,7 +32,6 @@ import json
 import os
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -41,15 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from fertk.data.records import FaceArrays, FaceRecord
 from fertk.core.emotions import ALL_EMOTIONS, class_index
-from fertk.core.io import atomic_target
 from fertk.core.errors import DatasetError, InvalidInputError
+from fertk.core.io import atomic_target, sha256_bytes
+from fertk.core.progress import Progress, emit
+from fertk.data.images import quiet_opencv, read_image
+from fertk.data.records import FaceArrays, FaceRecord, sample_key
 
 DETECT_MODES = ("auto", "haar", "box", "none")
 # Bump when the crop/resize code changes what it produces: old cache files then miss.
 PREPROCESS_VERSION = 1
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv")
 
 _OK, _NO_FACE, _UNREADABLE = 0, 1, 2
 
@@ -102,7 +102,7 @@ class PreprocessConfig:
     def fingerprint(self) -> str:
         """Hash of the options and the code version: equal hashes make equal faces."""
         payload = json.dumps({"v": PREPROCESS_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return sha256_bytes(payload.encode())[:16]
 
 
 @dataclass
@@ -217,127 +217,6 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[int, 
     return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Ancillary chunks dropped before libpng sees them: OpenCV ignores colour profiles, and a damaged
-# one makes libpng print "libpng warning: iCCP: ..." straight to the process's stderr.
-_PNG_DROPPED = {b"iCCP"}
-
-
-def clean_png(data: np.ndarray, path: str | Path) -> np.ndarray:
-    """PNG bytes libpng decodes without printing: ancillary chunks that fail their CRC (or that
-    OpenCV ignores, see `_PNG_DROPPED`) are dropped; a truncated file or a critical chunk with a
-    bad CRC is a DatasetError naming the file. Anything not a PNG is returned unchanged.
-
-    libpng reports such damage on file descriptor 2 itself, where neither OpenCV's log level nor
-    Python can catch it, so fertk checks the chunks before decoding.
-    """
-    view = memoryview(data).cast("B")
-    if bytes(view[:8]) != _PNG_SIGNATURE:
-        return data
-    keep: list[memoryview] = [view[:8]]
-    dropped = False
-    pos, end = 8, len(view)
-    while True:
-        if pos == end:  # no IEND, but whole chunks: libpng decides
-            break
-        if pos + 12 > end:
-            raise DatasetError(f"{path}: not a decodable image (truncated PNG: the file ends inside a chunk header "
-                               f"at byte {end})")
-        length = int.from_bytes(view[pos:pos + 4], "big")
-        kind = bytes(view[pos + 4:pos + 8])
-        stop = pos + 12 + length
-        if stop > end:
-            raise DatasetError(f"{path}: not a decodable image (truncated PNG: chunk {kind.decode('latin-1')!r} "
-                               f"ends past the {end} bytes of the file)")
-        body = view[pos + 4:stop - 4]
-        crc_ok = zlib.crc32(body) == int.from_bytes(view[stop - 4:stop], "big")
-        critical = kind[:1].isupper()
-        if not crc_ok and critical:
-            raise DatasetError(f"{path}: not a decodable image (corrupt PNG: chunk {kind.decode('latin-1')} "
-                               "fails its CRC check)")
-        if crc_ok and kind not in _PNG_DROPPED:
-            keep.append(view[pos:stop])
-        else:
-            dropped = True
-        pos = stop
-        if kind == b"IEND":
-            break
-    if not dropped:
-        return data
-    return np.frombuffer(b"".join(keep), dtype=np.uint8)
-
-
-_OPENCV_QUIET = False
-
-
-def quiet_opencv() -> None:
-    """Silence OpenCV's own log lines ("[ WARN:0@...] ...") for the image reads fertk does;
-    unreadable images are counted and reported by fertk instead. An OPENCV_LOG_LEVEL the user
-    set is left alone."""
-    global _OPENCV_QUIET
-    if _OPENCV_QUIET or os.environ.get("OPENCV_LOG_LEVEL"):
-        return
-    _OPENCV_QUIET = True
-    # FFmpeg's own "[mov @ 0x...]" lines; OpenCV reads this when it first opens a video.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    import cv2
-
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:  # pragma: no cover - builds without the utils.logging binding
-        cv2.setLogLevel(0)
-
-
-def read_image(record: FaceRecord) -> np.ndarray:
-    """A record's pixels as uint8 [H, W] (gray) or [H, W, 3] (RGB); DatasetError if unreadable."""
-    import cv2
-
-    if record.pixels is not None:
-        pixels = np.asarray(record.pixels)
-        if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
-            raise DatasetError(f"{record.key}: inline pixels must be uint8 HxW or HxWx3, got {pixels.dtype} {pixels.shape}")
-        return pixels
-    quiet_opencv()
-    path = Path(record.path)  # type: ignore[arg-type]
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return _read_video_frame(path, int(record.meta.get("frame", 0)))
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # imdecode also copes with non-ASCII paths
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    image = cv2.imdecode(clean_png(data, path), cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DatasetError(f"{path}: not a decodable image ({data.size} bytes)")
-    if image.dtype != np.uint8:  # 16-bit PNG/TIFF
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
-    if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
-        image = np.ascontiguousarray(image[:, :, 0])
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
-
-
-def _read_video_frame(path: Path, frame: int) -> np.ndarray:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise DatasetError(f"{path}: cannot open video")
-        # Grab forward instead of seeking: seeking is inexact for many codecs.
-        for _ in range(frame):
-            if not capture.grab():
-                raise DatasetError(f"{path}: video ends before frame {frame}")
-        ok, image = capture.read()
-    finally:
-        capture.release()
-    if not ok or image is None:
-        raise DatasetError(f"{path}: cannot decode frame {frame}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def _to_gray(image: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -398,14 +277,6 @@ def _load_face(record: FaceRecord, config: PreprocessConfig) -> tuple[np.ndarray
 
 # ---------------------------------------------------------------------------------------------
 # Keys, fingerprints and the cache
-
-
-def sample_key(record: FaceRecord) -> str:
-    """A record's identity in FaceArrays.keys and split manifests (video frames get '#frame=N')."""
-    key = record.key
-    if record.path is not None and Path(record.path).suffix.lower() in VIDEO_SUFFIXES:
-        key += f"#frame={int(record.meta.get('frame', 0))}"
-    return key
 
 
 def _fingerprint(record: FaceRecord, config_hash: str) -> str:
@@ -500,7 +371,7 @@ def preprocess_records(
     config: PreprocessConfig = PreprocessConfig(),
     cache_dir: str | Path | None = None,
     strict: bool = False,
-    progress: bool = False,
+    progress: Progress | None = None,
     *,
     classes: Sequence[str] | None = None,
     workers: int | None = None,
@@ -509,17 +380,14 @@ def preprocess_records(
 
     `classes` fixes the label order (default: the labels present, in fertk.core.emotions order).
     Faces without a detection and unreadable images are left out and listed in the report;
-    with `strict=True` an unreadable image raises DatasetError instead.
+    with `strict=True` an unreadable image raises DatasetError instead. `progress` gets
+    "advance" events counting the images computed (cache misses), unit "images".
     """
     start = time.perf_counter()
     records = list(records)
     if not records:
         raise DatasetError("no records to preprocess", hint="the reader found nothing to keep; see its report")
-    class_list = _resolve_classes(records, classes)
-    index_of = class_index(class_list)
-    stray = sorted({r.label for r in records} - set(index_of))
-    if stray:
-        raise InvalidInputError(f"records have labels outside classes {list(class_list)}: {', '.join(stray)}")
+    class_list = _check_classes(records, classes)
     report = PreprocessReport(total=len(records))
     config_hash = config.fingerprint()
     fps = [_fingerprint(r, config_hash) for r in records]
@@ -532,11 +400,45 @@ def preprocess_records(
         cached = _read_cache(cache_file, config, report)
 
     todo = [i for i, fp in enumerate(fps) if fp not in cached]
-    results: dict[int, tuple[int, np.ndarray | None, str]] = {}
-    if todo:
-        results = _run_parallel(records, todo, config, workers, progress)
+    results = _run_parallel(records, todo, config, workers, progress) if todo else {}
     report.cache_hits, report.computed = len(records) - len(todo), len(todo)
+    faces, keep_rows, fresh = _collect(records, results, cached, fps, keys, config, report, strict)
+    if cache_file is not None and fresh:
+        _update_cache(cache_file, cached, fresh, keys, fps, config)
 
+    shape = (config.size, config.size) if config.gray else (config.size, config.size, 3)
+    images = np.stack(faces).astype(np.uint8) if faces else np.zeros((0, *shape), np.uint8)
+    kept = [records[i] for i in keep_rows]
+    index_of = class_index(class_list)
+    arrays = FaceArrays(
+        images=images,
+        labels=np.array([index_of[r.label] for r in kept], dtype=np.int64),
+        classes=class_list,
+        subjects=np.array([r.subject for r in kept], dtype=str),
+        sources=np.array([r.source for r in kept], dtype=str),
+        keys=[keys[i] for i in keep_rows],
+        meta={"preprocess": config.to_dict()},
+    )
+    report.kept = len(kept)
+    report.seconds = round(time.perf_counter() - start, 3)
+    arrays.meta["preprocess_report"] = report.to_dict()
+    return arrays, report
+
+
+def _check_classes(records: Sequence[FaceRecord], classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The label order, or InvalidInputError when a record's label is outside it."""
+    class_list = _resolve_classes(records, classes)
+    stray = sorted({r.label for r in records} - set(class_index(class_list)))
+    if stray:
+        raise InvalidInputError(f"records have labels outside classes {list(class_list)}: {', '.join(stray)}")
+    return class_list
+
+
+def _collect(records: Sequence[FaceRecord], results: dict[int, tuple[int, np.ndarray | None, str]],
+             cached: dict[str, tuple[int, np.ndarray, str]], fps: list[str], keys: list[str],
+             config: PreprocessConfig, report: PreprocessReport,
+             strict: bool) -> tuple[list[np.ndarray], list[int], dict[str, tuple[int, np.ndarray, str]]]:
+    """Faces kept (in record order), their rows, and the fresh cache entries; counts the rest."""
     faces: list[np.ndarray] = []
     keep_rows: list[int] = []
     fresh: dict[str, tuple[int, np.ndarray, str]] = {}
@@ -565,35 +467,23 @@ def preprocess_records(
             continue
         faces.append(face)  # type: ignore[arg-type]
         keep_rows.append(i)
+    return faces, keep_rows, fresh
 
-    if cache_file is not None and fresh:
-        # Keep other rows of this dataset (a later run may read a different subset), but drop
-        # rows this run superseded (same key, new fingerprint) so the file does not grow stale.
-        run_keys, run_fps = set(keys), set(fps)
-        merged = {fp: entry for fp, entry in cached.items() if entry[2] not in run_keys or fp in run_fps}
-        merged.update(fresh)
-        _write_cache(cache_file, merged, config)
 
-    shape = (config.size, config.size) if config.gray else (config.size, config.size, 3)
-    images = np.stack(faces).astype(np.uint8) if faces else np.zeros((0, *shape), np.uint8)
-    kept = [records[i] for i in keep_rows]
-    arrays = FaceArrays(
-        images=images,
-        labels=np.array([index_of[r.label] for r in kept], dtype=np.int64),
-        classes=class_list,
-        subjects=np.array([r.subject for r in kept], dtype=str),
-        sources=np.array([r.source for r in kept], dtype=str),
-        keys=[keys[i] for i in keep_rows],
-        meta={"preprocess": config.to_dict()},
-    )
-    report.kept = len(kept)
-    report.seconds = round(time.perf_counter() - start, 3)
-    arrays.meta["preprocess_report"] = report.to_dict()
-    return arrays, report
+def _update_cache(cache_file: Path, cached: dict[str, tuple[int, np.ndarray, str]],
+                  fresh: dict[str, tuple[int, np.ndarray, str]], keys: list[str], fps: list[str],
+                  config: PreprocessConfig) -> None:
+    """Write this run's rows into the cache file."""
+    # Keep other rows of this dataset (a later run may read a different subset), but drop
+    # rows this run superseded (same key, new fingerprint) so the file does not grow stale.
+    run_keys, run_fps = set(keys), set(fps)
+    merged = {fp: entry for fp, entry in cached.items() if entry[2] not in run_keys or fp in run_fps}
+    merged.update(fresh)
+    _write_cache(cache_file, merged, config)
 
 
 def _run_parallel(records: Sequence[FaceRecord], todo: list[int], config: PreprocessConfig,
-                  workers: int | None, progress: bool) -> dict[int, tuple[int, np.ndarray | None, str]]:
+                  workers: int | None, progress: Progress | None) -> dict[int, tuple[int, np.ndarray | None, str]]:
     """Process records[todo] on a thread pool (OpenCV releases the GIL while it decodes/detects)."""
     # Import OpenCV before the pool starts: its module init is not thread-safe, and threads
     # importing it at once can see a half-made module (no `cv2.data`).
@@ -602,34 +492,26 @@ def _run_parallel(records: Sequence[FaceRecord], todo: list[int], config: Prepro
     quiet_opencv()
     workers = workers or min(8, os.cpu_count() or 1)
     results: dict[int, tuple[int, np.ndarray | None, str]] = {}
-    bar = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import Progress
+    total = len(todo)
 
-        bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task("preprocessing faces", total=len(todo))
-        bar.start()
-    try:
-        if workers <= 1 or len(todo) < 4:
-            for i in todo:
-                results[i] = _work(records[i], config)
-                if bar is not None:
-                    bar.advance(task)
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fertk-pre") as pool:
-                for i, result in zip(todo, pool.map(lambda j: _work(records[j], config), todo)):
-                    results[i] = result
-                    if bar is not None:
-                        bar.advance(task)
-    finally:
-        if bar is not None:
-            bar.stop()
+    def advance(count: int) -> None:
+        emit(progress, "advance", "preprocessing faces", done=count, total=total, unit="images")
+
+    if workers <= 1 or total < 4:
+        for count, i in enumerate(todo, start=1):
+            results[i] = _work(records[i], config)
+            advance(count)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fertk-pre") as pool:
+            for count, (i, result) in enumerate(zip(todo, pool.map(lambda j: _work(records[j], config), todo)),
+                                                start=1):
+                results[i] = result
+                advance(count)
+    emit(progress, "done", f"preprocessed {total} images", done=total, total=total, unit="images")
     return results
 
 
 __all__ = [
     "DETECT_MODES", "NoFaceFoundError", "PreprocessConfig", "PreprocessReport", "center_box",
-    "crop_square", "detect_faces", "load_face", "preprocess_records", "read_image", "sample_key",
-    "square_crop_box",
+    "crop_square", "detect_faces", "load_face", "preprocess_records", "square_crop_box",
 ]

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+# Containers a record's `path` may name instead of an image (a frame of it: meta["frame"]).
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv")
+
 
 @dataclass(frozen=True)
 class FaceRecord:
@@ -34,6 +37,14 @@ class FaceRecord:
         if self.path is not None:
             return str(self.path)
         return f"{self.source}:{self.subject}:{self.meta.get('index', '')}"
+
+
+def sample_key(record: FaceRecord) -> str:
+    """A record's identity in FaceArrays.keys and split manifests (video frames get '#frame=N')."""
+    key = record.key
+    if record.path is not None and Path(record.path).suffix.lower() in VIDEO_SUFFIXES:
+        key += f"#frame={int(record.meta.get('frame', 0))}"
+    return key
 
 
 @dataclass

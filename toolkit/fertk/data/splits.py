@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from fertk.data.records import FaceArrays, FaceRecord
-from fertk.core.io import atomic_write_text
 from fertk.core.errors import DatasetError, InvalidInputError
+from fertk.core.io import atomic_write_text
+from fertk.data.records import FaceArrays, FaceRecord, sample_key
 
 PAPER_SIZES = (109, 10, 25)
 MANIFEST_FORMAT = "fertk-split"
@@ -36,8 +36,6 @@ def subject_ids(data: FaceArrays | Sequence[FaceRecord]) -> np.ndarray:
 def _sample_keys(data: FaceArrays | Sequence[FaceRecord]) -> list[str]:
     if isinstance(data, FaceArrays):
         return list(data.keys)
-    from fertk.data.preprocess import sample_key
-
     return [sample_key(r) for r in data]
 
 
@@ -57,10 +55,6 @@ class Split:
     def sizes(self) -> dict[str, int]:
         """Subjects per part."""
         return {part: len(self.subjects[part]) for part in self.parts}
-
-    def part_of(self) -> dict[str, str]:
-        """subject id → part name."""
-        return {s: part for part in self.parts for s in self.subjects[part]}
 
     def indices(self, data: FaceArrays | Sequence[FaceRecord], part: str, *, check_keys: bool = True) -> np.ndarray:
         """Row indices of `data` in `part` (by subject); DatasetError if the data changed."""
