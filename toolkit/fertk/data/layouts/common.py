@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fertk.core.emotions import ALL_EMOTIONS, EKMAN, SYNONYMS, parse_emotions
+from fertk.core.emotions import EKMAN, normalize_emotion, parse_emotions
 from fertk.core.errors import DatasetError, InvalidInputError
 from fertk.data.records import FaceRecord
 
@@ -152,13 +152,10 @@ def natural_key(path: Path) -> list[Any]:
 
 def label_from_word(word: str, where: Path) -> str:
     """Canonical emotion for a dataset's own word, or a DatasetError naming the file."""
-    key = word.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
-    if key not in SYNONYMS:
-        raise DatasetError(
-            f"{where}: unknown emotion label {word!r}",
-            hint="expected one of " + ", ".join(ALL_EMOTIONS) + " (or a common spelling of one)",
-        )
-    return SYNONYMS[key]
+    try:
+        return normalize_emotion(word)
+    except InvalidInputError as exc:
+        raise DatasetError(f"{where}: {exc}", hint=exc.hint) from None
 
 
 def code_label(codes: dict[int, str], raw: str, where: str, dataset: str) -> str:
