@@ -79,3 +79,15 @@ def test_synth_output_is_read_by_the_shard_reader(tmp_path: Path) -> None:
     assert picked.classes == ("happiness", "anger") and len(picked) == 4
     with pytest.raises(DatasetError, match="do not apply"):
         load_arrays(out, peak_frames=2)
+
+
+def test_progress_events_count_the_images_computed(tmp_path: Path) -> None:
+    root = make_folder_dataset(tmp_path / "d", ("anger", "happiness"), per_class=2, subjects=2, size=96)
+    events = []
+    arrays = load_arrays(root, classes=("anger", "happiness"), cache_dir=tmp_path / "cache", progress=events.append)
+    counted = [e for e in events if e.kind == "advance"]
+    assert [e.done for e in counted] == [1, 2, 3, 4] and {e.total for e in counted} == {4}
+    assert {e.unit for e in events} == {"images"} and events[-1].kind == "done" and len(arrays) == 4
+    events.clear()
+    load_arrays(root, classes=("anger", "happiness"), cache_dir=tmp_path / "cache", progress=events.append)
+    assert events == []   # everything came from the cache: nothing computed, nothing to count

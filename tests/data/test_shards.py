@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 
 import cv2
@@ -12,7 +13,7 @@ import pytest
 
 from fertk.data.shards import (
     MANIFEST_COLUMNS, DatasetLayout, ShardRows, merge_manifest, open_shard_writer, read_arrays,
-    sample_key, shard_done, verify_dataset, write_json_atomic,
+    remove_stale_temps, sample_key, shard_done, verify_dataset, write_json_atomic,
 )
 from fertk.core.errors import DatasetError
 
@@ -144,6 +145,19 @@ def test_unfinished_shard_is_not_done_and_leaves_no_visible_file(tmp_path):
         writer.commit()
     writer.abort()
     assert not list((layout.root / "shards").iterdir())
+
+
+def test_killed_writer_leaves_only_a_pid_named_temp_that_resume_removes(tmp_path):
+    for fmt in ("wds", "npy"):
+        layout = DatasetLayout(tmp_path / fmt, fmt)
+        writer = open_shard_writer(layout, 0, 6, (16, 16))
+        writer.add(np.concatenate([_faces(0)]), _rows(np.array([0])))
+        writer.out.fh.flush()   # the process dies here: no commit, no abort
+        final = layout.root / layout.shard_file(0)
+        assert [p.name for p in final.parent.iterdir()] == [f".{final.name}.{os.getpid()}.tmp"]
+        assert remove_stale_temps(layout, 0) == 1
+        assert not list(final.parent.iterdir())
+        writer.out.fh.close()
 
 
 def test_not_a_dataset(tmp_path):
