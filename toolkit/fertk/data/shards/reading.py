@@ -11,7 +11,7 @@ import numpy as np
 from fertk.core.errors import DatasetError
 from fertk.data.records import FaceArrays
 from fertk.data.shards.layout import DatasetLayout, layout_of
-from fertk.data.shards.manifest import COLUMN, read_manifest_part, unfinished_shards
+from fertk.data.shards.manifest import COLUMN, FINISH_HINT, read_manifest_part, unfinished_shards
 from fertk.data.shards.png import decode_png
 
 SOURCE_NAME = "fertk-synth"
@@ -57,7 +57,7 @@ def iter_shard_arrays(path: str | Path, classes: Sequence[str] | None = None) ->
     missing = unfinished_shards(layout, num_shards)
     if missing:
         raise DatasetError(f"{path} is incomplete: {len(missing)} of {num_shards} shards unfinished",
-                           hint="rerun the same `fertk synth` command to finish it")
+                           hint=FINISH_HINT)
     for s in range(num_shards):
         rows = read_manifest_part(layout, s)
         images = _shard_images(layout, s, rows)
