@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fertk.engines import AUTO_ORDER, BACKENDS, backend_report, choose_backend, open_engine
+from fertk.engines import AUTO_ORDER, BACKENDS, backend_report, choose_backend
+from fertk.export import open_engine
 from fertk.core.specs import TensorSpec
 from fertk.engines.compare import make_inputs
 from fertk.core.errors import BackendUnavailableError, InvalidInputError
