@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import typer
 from fertk.cli import app
 from fertk.cli._common import JSON_OPTION, err, out, print_json
 from fertk.core.errors import DatasetError, InvalidInputError
+from fertk.core.progress import Progress, ProgressEvent
 
 
 def _parse_config(text: str | None) -> dict[str, Any]:
@@ -168,13 +171,11 @@ def _run_export(model: str, weights: Path | None, model_config: dict[str, Any], 
                 options: Any, calibration: Any, sampling: dict[str, Any] | None, build: Any, *,
                 show_progress: bool) -> tuple[Any, Path | None]:
     """The export (and TensorRT build), its progress drawn on stderr and its warnings shown after it."""
-    from fertk.cli.progress import progress_display
     from fertk.export import export_model
     from fertk.export.trt_build import ensure_engine
 
     engine_path = None
-    with warnings.catch_warnings(record=True) as caught, \
-            progress_display("export", enabled=show_progress) as progress:
+    with warnings.catch_warnings(record=True) as caught, _display_on_first_event(show_progress) as progress:
         warnings.simplefilter("always", UserWarning)
         artifact = export_model(model, weights=weights, config=model_config, out=out_dir, options=options,
                                 calibration=calibration, progress=progress, sampling=sampling)
@@ -184,6 +185,23 @@ def _run_export(model: str, weights: Path | None, model_config: dict[str, Any], 
         if issubclass(warning.category, UserWarning):
             err.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     return artifact, engine_path
+
+
+@contextmanager
+def _display_on_first_event(enabled: bool) -> Iterator[Progress]:
+    """A progress display opened by the first event, so an error raised before any work is the
+    first line on stderr."""
+    from fertk.cli.progress import progress_display
+
+    with ExitStack() as stack:
+        shown: list[Progress] = []
+
+        def on_event(event: ProgressEvent) -> None:
+            if not shown:
+                shown.append(stack.enter_context(progress_display("export", enabled=enabled)))
+            shown[0](event)
+
+        yield on_event
 
 
 def _sampling(model: str, truncation: float | None, cutoff: int | None, noise: str | None,
