@@ -120,7 +120,7 @@ def _pipeline_source(pipeline: GenerationPipeline) -> ModelSource:
     return ModelSource(
         module=pipeline, name="pipeline", input_specs=tuple(pipeline.input_specs),
         output_specs=tuple(pipeline.output_specs), task="pipeline", config=card["config"],
-        ranges=pipeline.input_ranges(), weights_sha256=pipeline.model_card().weights_sha256,
+        ranges=pipeline.value_ranges(), weights_sha256=pipeline.model_card().weights_sha256,
         source="fertk.models.pipeline", model_card=card,
         graph_options={k: card[k] for k in ("fp16_layers", "translator_size", "translator_size_source")
                        if card.get(k) is not None},

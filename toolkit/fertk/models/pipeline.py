@@ -287,7 +287,7 @@ class GenerationPipeline(nn.Module):
             generator_card.setdefault("extra", {})["fp16_layers"] = choice.describe()
         return choice.describe()
 
-    def input_ranges(self) -> dict[str, tuple[float, float]]:
+    def value_ranges(self) -> dict[str, tuple[float, float]]:
         """Value ranges of the inputs (parity and calibration draw from them)."""
         ranges = {"intensity": (0.0, 1.0)}
         if self.latent_kind == "uniform":
@@ -297,7 +297,7 @@ class GenerationPipeline(nn.Module):
     def model_card(self) -> ModelCard:
         """The registry card: config, the parts' weight hashes, specs with their value ranges."""
         card = self.card()
-        ranges = self.input_ranges()
+        ranges = self.value_ranges()
         inputs = [{**s.to_dict(), **({"range": list(ranges[s.name])} if s.name in ranges else {})}
                   for s in self.input_specs]
         hashes = [c.get("weights_sha256") for c in (card.get("generator"), card.get("translator")) if c]
