@@ -22,7 +22,7 @@ round, rounds repeated (A B C A B C ...), medians over rounds:
 * pipeline: the official code used the way its user would (per identity: StyleGAN2 at batch 1,
   ψ 0.7, const noise → area resize 256 → 128 → StarGAN on the 6 expressions → crop / BT.601
   gray / INTER_AREA 64 px / uint8, written below as `official_pipeline`) vs fertk's fused
-  generation graph (`fertk.export.pipeline`) on each backend at `--pipeline-batch` identities
+  generation graph (`fertk.models.pipeline`) on each backend at `--pipeline-batch` identities
   per call, and the backend `--backend auto` picks.
 
 `--scale small` builds tiny models (seconds, for a smoke test of the script itself).
@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FERTK_CACHE_DIR", str(work / "cache"))
 
-    from fertk.engines import choose_backend, open_engine
-    from fertk.export.pipeline import DEFAULT_CROPS, PipelineConfig, build_pipeline, crop_pixels
+    from fertk.engines import choose_backend
+    from fertk.export import open_engine
+    from fertk.models.pipeline import DEFAULT_CROPS, PipelineConfig, build_pipeline, crop_pixels
     from fertk.models.stargan import StarGANGenerator, save_stargan
     from fertk.models.stylegan2 import StyleGAN2Generator, save_stylegan2
     from fertk.engines import machine_info

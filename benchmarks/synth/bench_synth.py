@@ -34,7 +34,7 @@ def engine_only(n: int, batch: int, backend: str, compile_graph: bool) -> dict:
     """faces/s of the generation graph alone over n identities (plan latents, fixed batch)."""
     import numpy as np
 
-    from fertk.export.pipeline import build_pipeline
+    from fertk.models.pipeline import build_pipeline
     from fertk.synth.engines import open_generation_engine
     from fertk.synth.plan import SeedPlan
 

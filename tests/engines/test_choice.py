@@ -79,7 +79,7 @@ def test_bad_arguments_are_typed_errors() -> None:
 
 def test_synth_plan_on_cpu_keeps_what_was_asked() -> None:
     """synth's wiring: on CPU, auto stays open_engine's auto in fp32; other backends keep their options."""
-    from fertk.export.pipeline import PipelineConfig, build_pipeline
+    from fertk.models.pipeline import PipelineConfig, build_pipeline
     from fertk.synth.engines import plan_generation
 
     pipeline = build_pipeline(PipelineConfig(generator="procedural"))
@@ -99,7 +99,7 @@ def test_parity_vs_fp32_counts_grey_levels(tmp_path) -> None:
     measured grey levels for a reduced-precision one; run here on CPU with a small GAN graph."""
     from fertk.bench.models import BuildContext, gan_weight_files
     from fertk.engines import open_engine
-    from fertk.export.pipeline import PipelineConfig, build_pipeline
+    from fertk.models.pipeline import PipelineConfig, build_pipeline
     from fertk.synth.engines import parity_vs_fp32
 
     g_path, t_path = gan_weight_files(BuildContext(tmp_path, scale="small"))

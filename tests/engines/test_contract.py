@@ -1,7 +1,7 @@
 """One contract, every backend that can run here, every registered model (small configs).
 
 The model list is read from the registry at collection time, so a model is covered the moment it
-is registered; the fused generation pipeline and a tiny conv net are added by hand. GPU backends
+is registered (the fused generation pipeline included); a tiny conv net is added by hand. GPU backends
 are in the matrix with their markers and skip with a reason on machines without CUDA/TensorRT.
 """
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from fertk.engines import Engine, open_engine
+from fertk.engines import Engine
 from fertk.engines.compare import compare_outputs, make_inputs
 from fertk.core.errors import InvalidInputError
-from fertk.export import ExportOptions, ModelSource, export_source, module_source, resolve_model
+from fertk.export import ExportOptions, ModelSource, export_source, module_source, open_engine, resolve_model
 from fertk.models.registry import list_models
 
 # Configs that keep each model small enough for the default suite; a model registered without an
@@ -27,8 +27,9 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "stargan-d": {"conv_dim": 8, "repeat_num": 3, "image_size": 32},
     "stylegan2": {},
     "procedural": {"resolution": 32},
+    "pipeline": {"resolution": 32},
 }
-MODELS = ["tiny-conv", *list_models(), "pipeline"]
+MODELS = ["tiny-conv", *list_models()]
 BACKENDS = [
     "torch",
     pytest.param("torch-compile", marks=pytest.mark.slow),
@@ -45,8 +46,6 @@ def _source(name: str, request: pytest.FixtureRequest) -> ModelSource:
     if name not in _SOURCES:
         if name == "tiny-conv":
             _SOURCES[name] = module_source(request.getfixturevalue("tiny_net"), name="tiny-conv")
-        elif name == "pipeline":
-            _SOURCES[name] = resolve_model("pipeline", config={"resolution": 32})
         else:
             _SOURCES[name] = resolve_model(name, config=SMALL_CONFIGS.get(name, {}))
     return _SOURCES[name]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fertk.engines import AUTO_ORDER, BACKENDS, backend_report, choose_backend, open_engine
+from fertk.engines import AUTO_ORDER, BACKENDS, backend_report, choose_backend
+from fertk.export import open_engine
 from fertk.core.specs import TensorSpec
 from fertk.engines.compare import make_inputs
 from fertk.core.errors import BackendUnavailableError, InvalidInputError
@@ -93,3 +94,42 @@ def test_unknown_backend_and_missing_dependencies_list_what_is_available(tiny_ne
         with pytest.raises(BackendUnavailableError, match="tensorrt is not installed") as info:
             open_engine(tiny_net, backend="trt")
         assert "trt: no" in info.value.hint
+
+
+def test_the_engine_layer_opens_built_graphs_only(tiny_net, tmp_path: Path) -> None:
+    """fertk.engines.open_engine never exports: a module runs on torch, a graph file on its backend;
+    a module on ort/trt and an artifact directory are refused with the export layer's opener named."""
+    from fertk.engines import open_engine as open_built
+    from fertk.export import export_module
+
+    x = make_inputs(tiny_net.input_specs, 2, 0, tiny_net.input_ranges)
+    with open_built(tiny_net, backend="auto") as engine:  # auto among what it can open: torch
+        assert engine.backend == "torch"
+        expected = engine.run(x)["logits"]
+    for backend in ("ort", "trt"):
+        with pytest.raises(InvalidInputError, match="only after an export") as info:
+            open_built(tiny_net, backend=backend)
+        assert "fertk.export.open_engine" in (info.value.hint or "")
+    artifact = export_module(tiny_net, out=tmp_path / "tiny")
+    with pytest.raises(InvalidInputError, match="only after an export"):
+        open_built(artifact.path, backend="ort")
+    with pytest.raises(BackendUnavailableError, match="no backend can run a artifact"):
+        open_built(artifact.path)  # auto: nothing in this layer opens an artifact directory
+    with open_built(artifact.onnx_path(), backend="ort", input_specs=artifact.card.input_specs(),
+                    output_specs=artifact.card.output_specs()) as engine:
+        np.testing.assert_allclose(engine.run(x)["logits"], expected, atol=1e-5)
+
+
+def test_module_specs_come_from_arguments_attributes_or_the_card(tiny_net) -> None:
+    from fertk.engines import module_specs
+
+    assert module_specs(tiny_net) == (tuple(tiny_net.input_specs), tuple(tiny_net.output_specs))
+    plain = torch.nn.Linear(3, 2)
+    card = {"inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 3], "range": [0, 1]}],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]}
+    inputs, outputs = module_specs(plain, card=card)
+    assert inputs == (TensorSpec("x", "float32", ("batch", 3)),) and outputs[0].name == "y"
+    given = [TensorSpec("z", "float32", ("batch", 3))]
+    assert module_specs(plain, given, card=card)[0] == tuple(given)  # given specs win over the card
+    with pytest.raises(InvalidInputError, match="no input/output specs for Linear"):
+        module_specs(plain, given)

@@ -121,3 +121,11 @@ def test_cuda_provider_binds_torch_cuda_tensors(affine: Path) -> None:
         assert out["y"].is_cuda
         torch.testing.assert_close(out["y"], 2 * x + 1)
         np.testing.assert_array_equal(engine.run({"x": x.cpu().numpy()})["s"], x.sum(1).cpu().numpy())
+
+
+def test_unknown_session_options_are_one_line_errors(affine: Path) -> None:
+    with pytest.raises(InvalidInputError, match="unknown ort options \\['intra_threads'\\]") as info:
+        OrtEngine(affine, intra_threads=2)
+    assert "intra_op_threads" in (info.value.hint or "")
+    with OrtEngine(affine, intra_op_threads=1, provider_options=None) as engine:
+        assert engine.describe()["intra_op_threads"] == 1

@@ -183,7 +183,7 @@ def test_registry_model_with_weights_file(tmp_path: Path) -> None:
     assert artifact.card.weights_sha256 and artifact.card.config["input_size"] == 16
     assert artifact.card.parity["passed"] and artifact.card.task == "classifier"
     x = np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32)
-    from fertk.engines import open_engine
+    from fertk.export import open_engine
 
     with open_engine(artifact.path) as engine:
         np.testing.assert_allclose(engine.run({"image": x})["logits"],

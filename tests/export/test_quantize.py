@@ -16,7 +16,7 @@ import torch
 
 from fertk.data.records import FaceArrays
 from fertk.core.emotions import EKMAN
-from fertk.engines import open_engine
+from fertk.export import open_engine
 from fertk.core.specs import TensorSpec
 from fertk.core.errors import InvalidInputError, ParityError
 from fertk.export import ExportOptions, export_module

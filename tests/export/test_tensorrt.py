@@ -12,10 +12,8 @@ import pytest
 
 from fertk.core.specs import TensorSpec
 from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
-from fertk.export.tensorrt import (
-    BatchProfile, CalibrationBatcher, CalibrationCache, EngineKey, engine_paths, inspect_engine, metadata_path,
-    profile_shapes, require_tensorrt, timing_cache_path, write_engine,
-)
+from fertk.engines.trt_files import BatchProfile, EngineKey, engine_paths, inspect_engine, metadata_path, require_tensorrt
+from fertk.export.trt_build import CalibrationBatcher, CalibrationCache, profile_shapes, timing_cache_path, write_engine
 
 IMAGE = TensorSpec("image", "float32", ("batch", 1, 8, 8))
 LABEL = TensorSpec("label", "float32", ("batch", 6))
@@ -144,11 +142,11 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path: Path) -> None:
 def test_build_reuse_and_run_engines(tiny_net, tmp_path: Path, precision: str) -> None:
     import torch
 
-    from fertk.engines import open_engine
+    from fertk.export import open_engine
     from fertk.engines.compare import compare_engines, make_inputs
     from fertk.engines.trt_engine import TrtEngine
     from fertk.export import export_module
-    from fertk.export.tensorrt import BuildOptions, ensure_engine
+    from fertk.export.trt_build import BuildOptions, ensure_engine
 
     artifact = export_module(tiny_net, out=tmp_path / "tiny")
     calibration = make_inputs(tiny_net.input_specs, 64, 0, tiny_net.input_ranges)["image"]

@@ -119,7 +119,7 @@ def test_bad_options_fail_before_any_work(tmp_path):
 
 
 def test_filter_regenerates_from_reserved_seeds_and_stays_balanced(tmp_path, hashes):
-    from fertk.export.pipeline import build_pipeline
+    from fertk.models.pipeline import build_pipeline
     from fertk.models.fer_cnn import FerCNN, save_fer_model
     from fertk.synth.engines import FaceScorer
 

@@ -222,7 +222,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
         runner: Any = model
         used = "torch"
         if backend != "torch":
-            from fertk.engines import open_engine
+            from fertk.export import open_engine
             from fertk.core.specs import TensorSpec
 
             runner = open_engine(model, backend=backend,
@@ -241,7 +241,7 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
 def _open_exported(path: Path, *, backend: str, device: str, variant: str | None,
                    classes: tuple[str, ...] | None) -> Classifier:
     """An exported FER CNN through the engine layer; its card gives the classes and input side."""
-    from fertk.engines import open_engine
+    from fertk.export import open_engine
 
     card_file = path / "card.json" if path.is_dir() else path.with_suffix(".json")
     card: dict[str, Any] = {}
@@ -282,7 +282,7 @@ def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
         runner: Any = judge.module
         used = "torch"
         if backend != "torch" or device != "cpu":
-            from fertk.engines import open_engine
+            from fertk.export import open_engine
             from fertk.core.specs import TensorSpec
 
             inputs, outputs = judge_io(judge.card)
@@ -291,7 +291,7 @@ def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
                                  output_specs=[TensorSpec.from_dict(d) for d in outputs])
             used = getattr(runner, "backend", backend)
     else:
-        from fertk.engines import open_engine
+        from fertk.export import open_engine
         from fertk.core.specs import TensorSpec
 
         inputs, outputs = judge_io(judge.card)

@@ -216,7 +216,7 @@ def procedural_faces(count: int, seed: int = 0, size: int = 64) -> Any:
     import torch
 
     from fertk.data.records import FaceArrays
-    from fertk.export.pipeline import PipelineConfig, build_pipeline
+    from fertk.models.pipeline import PipelineConfig, build_pipeline
 
     pipeline = build_pipeline(PipelineConfig(generator="procedural", output_size=size))
     emotions = tuple(pipeline.emotions)

@@ -365,7 +365,7 @@ class _ModelRunner:
         return runner, open_s, round(watch.result.host_rss_delta_mib, 1), runner.describe()
 
     def _open_inner(self, backend: BenchBackend, precision: str) -> "_Callable":
-        from fertk.engines import open_engine
+        from fertk.export import open_engine
 
         subject = self.subject
         device = backend.device
@@ -534,7 +534,7 @@ class _ModelRunner:
 
     def _reference_outputs(self, size: int, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         if size not in self._reference_out:
-            from fertk.engines import open_engine
+            from fertk.export import open_engine
 
             if self._reference is None:
                 self._reference = open_engine(self.subject.module, backend="torch", device="cpu", precision="fp32",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import typer
 from fertk.cli import app
 from fertk.cli._common import JSON_OPTION, err, out, print_json
 from fertk.core.errors import DatasetError, InvalidInputError
+from fertk.core.progress import Progress, ProgressEvent
 
 
 def _parse_config(text: str | None) -> dict[str, Any]:
@@ -131,7 +134,7 @@ def export(
         return
     if model is None:
         raise InvalidInputError("give a MODEL to export, or --list", hint="fertk models lists the registry names")
-    from fertk.export import ExportOptions, export_model
+    from fertk.export import ExportOptions
 
     options = ExportOptions(opset=opset, exporter=exporter, precision=precision, force=force)
     model_config = _parse_config(config)
@@ -141,40 +144,64 @@ def export(
         if key is None:
             raise InvalidInputError(f"--translator-size applies to stargan and pipeline exports, not {model}")
         model_config[key] = translator_size
-    build = None
-    if trt:
-        # Fail before the export when TensorRT cannot run here.
-        from fertk.export.tensorrt import BatchProfile, BuildOptions, device_identity, require_tensorrt
-
-        require_tensorrt()
-        device_identity()
-        build = BuildOptions(precision=precision, profile=str(BatchProfile.parse(batch_profile)))
+    build = _trt_build_options(precision, batch_profile) if trt else None
     calibration = _load_calibration(calib)
     if precision == "int8" and calibration is None:
         raise InvalidInputError("--precision int8 needs --calib DATASET (calibration data)")
-
-    def progress(message: str) -> None:
-        err.print(f"[dim]{message}[/]", highlight=False, markup=True)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        artifact = export_model(model, weights=weights, config=model_config, out=out_dir, options=options,
-                                calibration=calibration, progress=None if json_output else progress,
-                                sampling=sampling)
-    for warning in caught:
-        if issubclass(warning.category, UserWarning):
-            err.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
-    engine_path = None
-    if build is not None:
-        from fertk.export.tensorrt import ensure_engine
-
-        engine_path = ensure_engine(artifact, build, calibration=calibration,
-                                    progress=None if json_output else progress)
+    artifact, engine_path = _run_export(model, weights, model_config, out_dir, options, calibration, sampling, build,
+                                        show_progress=not json_output)
     if json_output:
         print_json({"artifact": str(artifact.path), "engine": str(engine_path) if engine_path else None,
                     "card": artifact.card.to_dict()})
         return
     _render(artifact, engine_path)
+
+
+def _trt_build_options(precision: str, batch_profile: str) -> Any:
+    """TensorRT build options, checked before the export: it fails early when TensorRT cannot run here."""
+    from fertk.engines.trt_files import BatchProfile, device_identity, require_tensorrt
+    from fertk.export.trt_build import BuildOptions
+
+    require_tensorrt()
+    device_identity()
+    return BuildOptions(precision=precision, profile=str(BatchProfile.parse(batch_profile)))
+
+
+def _run_export(model: str, weights: Path | None, model_config: dict[str, Any], out_dir: Path | None,
+                options: Any, calibration: Any, sampling: dict[str, Any] | None, build: Any, *,
+                show_progress: bool) -> tuple[Any, Path | None]:
+    """The export (and TensorRT build), its progress drawn on stderr and its warnings shown after it."""
+    from fertk.export import export_model
+    from fertk.export.trt_build import ensure_engine
+
+    engine_path = None
+    with warnings.catch_warnings(record=True) as caught, _display_on_first_event(show_progress) as progress:
+        warnings.simplefilter("always", UserWarning)
+        artifact = export_model(model, weights=weights, config=model_config, out=out_dir, options=options,
+                                calibration=calibration, progress=progress, sampling=sampling)
+        if build is not None:
+            engine_path = ensure_engine(artifact, build, calibration=calibration, progress=progress)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            err.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+    return artifact, engine_path
+
+
+@contextmanager
+def _display_on_first_event(enabled: bool) -> Iterator[Progress]:
+    """A progress display opened by the first event, so an error raised before any work is the
+    first line on stderr."""
+    from fertk.cli.progress import progress_display
+
+    with ExitStack() as stack:
+        shown: list[Progress] = []
+
+        def on_event(event: ProgressEvent) -> None:
+            if not shown:
+                shown.append(stack.enter_context(progress_display("export", enabled=enabled)))
+            shown[0](event)
+
+        yield on_event
 
 
 def _sampling(model: str, truncation: float | None, cutoff: int | None, noise: str | None,

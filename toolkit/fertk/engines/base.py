@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from fertk.core.errors import InvalidInputError
-from fertk.core.specs import TensorSpec
+from fertk.core.specs import TensorSpec, specs_from_dicts
+
+SpecsLike = Sequence[TensorSpec | Mapping[str, Any]]
 
 
 @dataclass
@@ -113,3 +115,18 @@ class Engine(ABC):
     def _describe_impl(self) -> dict[str, Any]:
         """Backend-specific facts (device, precision, providers actually in use, ...)."""
         return {}
+
+
+def module_specs(module: Any, input_specs: SpecsLike | None = None, output_specs: SpecsLike | None = None,
+                 card: Mapping[str, Any] | None = None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The I/O specs of a module: given ones, else its `input_specs`/`output_specs`, else its card's dicts."""
+    sides = []
+    for given, name in ((input_specs, "inputs"), (output_specs, "outputs")):
+        found = given if given is not None else getattr(module, f"{name[:-1]}_specs", None)
+        if not found and card:
+            found = card.get(name)
+        sides.append(specs_from_dicts(found) if found else ())
+    if not sides[0] or not sides[1]:
+        raise InvalidInputError(f"no input/output specs for {type(module).__name__}",
+                                hint="pass input_specs= and output_specs=, or define them on the module or its card")
+    return sides[0], sides[1]

@@ -1,9 +1,7 @@
 """The ONNX Runtime backend: CPU, CUDA EP and TensorRT EP, with the providers really in use reported.
 
-onnxruntime-gpu lists CUDAExecutionProvider / TensorrtExecutionProvider as available even on a
-machine without a GPU, and a session asked for them silently runs on CPU. This engine therefore
-compares what it asked for with `session.get_providers()` after the session is built and raises
-BackendUnavailableError on a fallback unless `allow_fallback=True`.
+The session is built by `fertk.engines.ort_session.load_session`, which refuses a silent CPU
+fallback of onnxruntime-gpu (unless `allow_fallback=True`).
 
 I/O: on the CPU provider, `session.run` with numpy views (torch CPU tensors via `.numpy()`, no
 copy; ORT returns its output buffers to numpy without a copy either) — measured on a tiny graph,
@@ -14,23 +12,17 @@ freshly allocated torch/numpy buffers of the declared shape, on torch's current 
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fertk.core.errors import ArtifactError, InvalidInputError
 from fertk.core.specs import TensorSpec, match_specs
 from fertk.engines.base import Engine
-from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.engines.ort_session import OrtSessionOptions, load_session
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-OPT_LEVELS = ("disable", "basic", "extended", "all")
 # onnxruntime type strings -> numpy dtype names
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -48,7 +40,12 @@ def ort_available_providers() -> list[str]:
 
 
 class OrtEngine(Engine):
-    """An onnxruntime InferenceSession behind the Engine interface."""
+    """An onnxruntime InferenceSession behind the Engine interface.
+
+    `session_options` are the fields of `OrtSessionOptions` (provider, intra_op_threads,
+    inter_op_threads, graph_optimization_level, allow_fallback, trt_cache_dir,
+    trt_int8_calibration_table, trt_max_workspace_bytes, provider_options).
+    """
 
     backend = "ort"
 
@@ -59,71 +56,26 @@ class OrtEngine(Engine):
         output_specs: Sequence[TensorSpec] | None = None,
         *,
         device: str = "cpu",
-        provider: str | None = None,          # "cpu" | "cuda" | "tensorrt"; default from device
         precision: str = "fp32",              # the graph's precision (fp16/int8 graphs come from export)
-        intra_op_threads: int = 0,            # 0: onnxruntime's default (one per physical core)
-        inter_op_threads: int = 0,
-        graph_optimization_level: str = "all",
-        allow_fallback: bool = False,         # accept a CPU fallback when CUDA/TensorRT EP was asked for
-        trt_cache_dir: str | Path | None = None,  # TensorRT EP engine + timing cache directory
-        trt_int8_calibration_table: str | None = None,
-        trt_max_workspace_bytes: int | None = None,
-        provider_options: Mapping[str, Any] | None = None,  # extra options for the main provider
+        **session_options: Any,
     ) -> None:
         import onnxruntime as ort
-
-        self._ort = ort
         import torch
 
+        self._ort = ort
         self._torch = torch
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ArtifactError(f"ONNX model {self.model_path} does not exist")
         self.device = device
         self.precision = precision
-        self.provider = provider or ("cuda" if device.startswith("cuda") else "cpu")
-        if self.provider not in PROVIDERS:
-            raise InvalidInputError(f"unknown onnxruntime provider {self.provider!r}",
-                                    hint="choose " + ", ".join(PROVIDERS))
-        if (self.provider == "cpu") != (device == "cpu"):
-            raise InvalidInputError(f"provider {self.provider!r} does not match device {device!r}")
-        if graph_optimization_level not in OPT_LEVELS:
-            raise InvalidInputError(f"unknown graph optimisation level {graph_optimization_level!r}",
-                                    hint="choose " + ", ".join(OPT_LEVELS))
-        self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
-        wanted = PROVIDERS[self.provider]
-        if wanted not in ort.get_available_providers():
-            raise BackendUnavailableError(
-                f"onnxruntime {ort.__version__} has no {wanted} (available: {', '.join(ort.get_available_providers())})",
-                hint="install onnxruntime-gpu (and TensorRT for the TensorRT EP) on a CUDA machine")
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_threads)
-        options.inter_op_num_threads = int(inter_op_threads)
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization_level]
-        options.log_severity_level = 3  # errors only: ORT's warnings about fallbacks are checked below
-        self.graph_optimization_level = graph_optimization_level
-        self.intra_op_threads = int(intra_op_threads)
-
-        providers = self._provider_list(trt_cache_dir, trt_int8_calibration_table, trt_max_workspace_bytes,
-                                        dict(provider_options or {}))
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ArtifactError(f"onnxruntime cannot load {self.model_path}: {str(exc).splitlines()[0]}") from exc
-        self.providers = list(self.session.get_providers())
-        if wanted not in self.providers:
-            message = (f"asked onnxruntime for {wanted}, the session got {', '.join(self.providers)} "
-                       "(onnxruntime-gpu falls back to CPU silently when CUDA/TensorRT cannot start)")
-            if not allow_fallback:
-                raise BackendUnavailableError(message, hint="check CUDA/cuDNN/TensorRT libraries, or pass allow_fallback=True")
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-        self._on_gpu = any(p in self.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+        options = OrtSessionOptions.from_kwargs(session_options)
+        loaded = load_session(self.model_path, device=device, precision=precision, options=options)
+        self.session = loaded.session
+        self.provider = loaded.provider
+        self.providers = loaded.providers
+        self.device_id = loaded.device_id
+        self._on_gpu = loaded.on_gpu
+        self.graph_optimization_level = options.graph_optimization_level
+        self.intra_op_threads = int(options.intra_op_threads)
 
         graph_in = tuple(_spec_of(v) for v in self.session.get_inputs())
         graph_out = tuple(_spec_of(v) for v in self.session.get_outputs())
@@ -134,35 +86,6 @@ class OrtEngine(Engine):
         self._np_out = tuple(np.dtype(s.dtype) for s in self.output_specs)
         # Outputs whose only dynamic axes are named like input axes can be preallocated.
         self._static_out = all(all(isinstance(d, int) or d == "batch" for d in s.shape) for s in self.output_specs)
-
-    def _provider_list(self, trt_cache_dir: str | Path | None, calibration_table: str | None,
-                       workspace: int | None, extra: dict[str, Any]) -> list[Any]:
-        cuda_options: dict[str, Any] = {"device_id": self.device_id}
-        if self.provider == "cpu":
-            return [("CPUExecutionProvider", extra)] if extra else ["CPUExecutionProvider"]
-        cuda_stream = _torch_stream_handle(self.device_id)
-        if cuda_stream is not None:
-            # Run on torch's current stream so torch producers/consumers need no extra sync.
-            cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(cuda_stream))
-        if self.provider == "cuda":
-            return [("CUDAExecutionProvider", {**cuda_options, **extra}), "CPUExecutionProvider"]
-        trt: dict[str, Any] = {"device_id": self.device_id}
-        if self.precision == "fp16":
-            trt["trt_fp16_enable"] = True
-        if self.precision == "int8":
-            trt["trt_int8_enable"] = True
-            if calibration_table:
-                trt["trt_int8_calibration_table_name"] = calibration_table
-        if trt_cache_dir is not None:
-            Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
-            trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
-                       trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache_dir))
-        if workspace:
-            trt["trt_max_workspace_size"] = int(workspace)
-        if cuda_stream is not None:
-            trt.update(has_user_compute_stream="1", user_compute_stream=str(cuda_stream))
-        return [("TensorrtExecutionProvider", {**trt, **extra}), ("CUDAExecutionProvider", cuda_options),
-                "CPUExecutionProvider"]
 
     # -- running --------------------------------------------------------------------------------
     def _run_impl(self, inputs: dict[str, Any], as_torch: bool) -> dict[str, Any]:
@@ -280,12 +203,3 @@ def _torch_dtype(dtype: np.dtype) -> Any:
     import torch
 
     return getattr(torch, dtype.name)
-
-
-def _torch_stream_handle(device_id: int) -> int | None:
-    """torch's current CUDA stream on `device_id`, or None when torch has no CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return int(torch.cuda.current_stream(device_id).cuda_stream)

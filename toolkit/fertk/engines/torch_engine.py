@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from fertk.engines.base import Engine
-from fertk.core.specs import TensorSpec
-from fertk.core.errors import InvalidInputError, UnsupportedPrecisionError
 from fertk.core.devices import resolve_device
+from fertk.core.errors import InvalidInputError, UnsupportedPrecisionError
+from fertk.core.specs import TensorSpec
+from fertk.engines.base import Engine
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -41,6 +41,24 @@ def torch_dtype(name: str) -> Any:
     if not isinstance(dtype, torch.dtype):
         raise InvalidInputError(f"no torch dtype for {name!r}")
     return dtype
+
+
+def _placed(module: Any, device: Any, dtype: Any, channels_last: bool) -> Any:
+    """`module` in eval() on `device` (cast to `dtype` unless None, NHWC when asked): a deep copy
+    whenever anything must change, so the caller's module is never modified."""
+    import torch
+
+    current = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+    needs_copy = dtype is not None or channels_last or current != device
+    model = copy.deepcopy(module) if needs_copy else module
+    model = model.eval()
+    if needs_copy:
+        model = model.to(device=device)
+        if dtype is not None:
+            model = model.to(dtype=dtype)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 class TorchEngine(Engine):
@@ -90,17 +108,8 @@ class TorchEngine(Engine):
         self._float_inputs = tuple(np.dtype(s.dtype).kind == "f" for s in self.input_specs)
 
         self._device = torch.device(self.device)
-        current = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
-        cast = precision != "fp32" and not self.autocast
-        needs_copy = cast or channels_last or current != self._device
-        model = copy.deepcopy(module) if needs_copy else module
-        model = model.eval()
-        if needs_copy:
-            model = model.to(device=self.device)
-            if cast:
-                model = model.to(dtype=self.compute_dtype)
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
+        cast = self.compute_dtype if precision != "fp32" and not self.autocast else None
+        model = _placed(module, self._device, cast, channels_last)
         self.module = model
         if compile:
             # CUDA graphs under torch.compile come from its own "reduce-overhead" mode.

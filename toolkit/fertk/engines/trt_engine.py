@@ -8,7 +8,7 @@ call with `set_input_shape`, and `execute_async_v3` is enqueued on
 `torch.cuda.current_stream().cuda_stream`, which orders it after the producers of the inputs and
 before any torch consumer of the outputs with no extra synchronisation.
 
-The engine file is checked before it is deserialized (fertk.export.tensorrt.inspect_engine):
+The engine file is checked before it is deserialized (fertk.engines.trt_files.inspect_engine):
 a corrupt, foreign (other GPU / compute capability / TensorRT version) or unknown-origin engine is
 refused with a one-line reason, never run.
 """
@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from fertk.core.specs import TensorSpec, match_specs
-from fertk.engines.base import Engine
 from fertk.core.errors import ArtifactError, InvalidInputError
+from fertk.core.specs import TensorSpec, match_specs, specs_from_dicts
+from fertk.engines.base import Engine
+from fertk.engines.trt_files import BatchProfile, device_identity, inspect_engine, require_tensorrt
 
 # TensorRT DataType member name -> numpy/torch dtype name
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
@@ -45,8 +46,6 @@ class TrtEngine(Engine):
         onnx_sha256: str | None = None,   # when given, an engine built from another graph is refused
     ) -> None:
         import torch
-
-        from fertk.export.tensorrt import BatchProfile, device_identity, inspect_engine, require_tensorrt
 
         trt = require_tensorrt()
         self._torch = torch
@@ -86,9 +85,9 @@ class TrtEngine(Engine):
         graph_out = tuple(TensorSpec(n, dtypes[n] or "unknown", _spec_shape(engine.get_tensor_shape(n)))
                           for n in names if not is_input[n])
         if input_specs is None and meta.get("inputs"):
-            input_specs = [TensorSpec.from_dict(d) for d in meta["inputs"]]
+            input_specs = specs_from_dicts(meta["inputs"])
         if output_specs is None and meta.get("outputs"):
-            output_specs = [TensorSpec.from_dict(d) for d in meta["outputs"]]
+            output_specs = specs_from_dicts(meta["outputs"])
         super().__init__(match_specs("input", input_specs, graph_in, self.engine_path.name, found_in="engine", check_shapes=False),
                          match_specs("output", output_specs, graph_out, self.engine_path.name, found_in="engine", check_shapes=False))
         self._in_dtypes = tuple(getattr(torch, s.dtype) for s in self.input_specs)

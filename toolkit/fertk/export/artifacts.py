@@ -8,7 +8,7 @@ An artifact is a directory:
     model.fp16.onnx      optional: fp16 graph with fp32 I/O, for GPU execution providers
     model.int8.onnx      optional: INT8 QDQ graph for onnxruntime CPU, with its accuracy check
     engines/             TensorRT engines keyed by GPU, compute capability, TRT version,
-                         precision and batch profile (see fertk.export.tensorrt)
+                         precision and batch profile (see fertk.export.trt_build)
 
 A directory is built under a hidden temporary name beside its final place and renamed into place
 only once complete (parity passed, card written), so a directory that has a card.json is
@@ -29,16 +29,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fertk.core.specs import argmax_outputs
-from fertk.core.specs import TensorSpec
+from fertk.core.errors import ArtifactError, OutputExistsError
 from fertk.core.io import atomic_write_text
 from fertk.core.paths import cache_dir
-from fertk.core.errors import ArtifactError, OutputExistsError
+from fertk.core.specs import TensorSpec, argmax_outputs, specs_from_dicts
+from fertk.core.versions import __version__, package_version
 
 FORMAT = "fertk-artifact/1"
 CARD_FILE = "card.json"
 ENGINES_DIR = "engines"
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
 def artifacts_root() -> Path:
     """Where exported artifacts are cached by default."""
     return cache_dir("artifacts")
@@ -46,9 +48,6 @@ def artifacts_root() -> Path:
 
 def library_versions() -> dict[str, str | None]:
     """Versions that shape an exported graph (recorded in every card)."""
-    from fertk import __version__
-    from fertk.core.versions import package_version
-
     return {
         "fertk": __version__,
         "python": sys.version.split()[0],
@@ -92,11 +91,11 @@ class ArtifactCard:
 
     def input_specs(self) -> tuple[TensorSpec, ...]:
         """Declared input specs."""
-        return tuple(TensorSpec.from_dict(d) for d in self.inputs)
+        return specs_from_dicts(self.inputs)
 
     def output_specs(self) -> tuple[TensorSpec, ...]:
         """Declared output specs."""
-        return tuple(TensorSpec.from_dict(d) for d in self.outputs)
+        return specs_from_dicts(self.outputs)
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """Value ranges the card declares for inputs (used to draw parity inputs)."""

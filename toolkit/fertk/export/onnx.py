@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fertk.core.specs import TensorSpec
 from fertk.core.errors import ArtifactError, InvalidInputError
 from fertk.core.io import sha256_file
+from fertk.core.specs import TensorSpec
+from fertk.engines.compare import make_inputs
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
@@ -69,8 +70,6 @@ def export_onnx(
     """Export `model` (called positionally in input-spec order) to one checked ONNX file at `path`."""
     import onnx
 
-    from fertk.engines.compare import make_inputs
-
     if exporter not in EXPORTERS:
         raise InvalidInputError(f"unknown exporter {exporter!r}", hint="choose " + " or ".join(EXPORTERS))
     if not 13 <= opset <= 23:
@@ -100,8 +99,20 @@ def export_onnx(
         proto, optimizer = optimize_model(proto)
     name_dynamic_axes(proto, input_specs, output_specs)
     check_graph_io(proto, input_specs, output_specs)
-    size = _payload_bytes(proto)
-    external = size > max_inline_bytes
+    external, total = _save_checked(proto, path, max_inline_bytes)
+    return OnnxExportInfo(
+        path=str(path), opset=opset_of(proto), exporter=exporter, optimizer=optimizer,
+        nodes=len(proto.graph.node), size_bytes=total, external_data=external,
+        sha256=sha256_file(path), seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _save_checked(proto: Any, path: Path, max_inline_bytes: int) -> tuple[bool, int]:
+    """Save `proto` at `path` (weights in one side file above `max_inline_bytes`), run onnx.checker;
+    returns (external data used, total bytes)."""
+    import onnx
+
+    external = _payload_bytes(proto) > max_inline_bytes
     path.unlink(missing_ok=True)
     data_file = path.with_name(path.name + ".data")
     data_file.unlink(missing_ok=True)
@@ -114,12 +125,7 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ArtifactError(f"exported graph {path} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-    total = path.stat().st_size + (data_file.stat().st_size if external else 0)
-    return OnnxExportInfo(
-        path=str(path), opset=opset_of(proto), exporter=exporter, optimizer=optimizer,
-        nodes=len(proto.graph.node), size_bytes=total, external_data=external,
-        sha256=sha256_file(path), seconds=round(time.perf_counter() - start, 3),
-    )
+    return external, path.stat().st_size + (data_file.stat().st_size if external else 0)
 
 
 class _OrderedOutputs(nn.Module):

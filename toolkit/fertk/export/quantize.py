@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from fertk.core.specs import TensorSpec
 from fertk.core.errors import InvalidInputError
+from fertk.core.io import sha256_file
+from fertk.core.specs import TensorSpec
+from fertk.engines.compare import Tolerance, compare_outputs
+from fertk.engines.ort_engine import OrtEngine
 
 Feed = dict[str, np.ndarray]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -34,8 +37,6 @@ def convert_fp16(src: str | Path, dst: str | Path, *, keep_io_types: bool = True
     import onnx
     from onnxruntime import __version__ as ort_version
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    from fertk.core.io import sha256_file
 
     model = onnx.load(str(src))
     with warnings.catch_warnings():
@@ -166,8 +167,6 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: list[Feed], *, per_ch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from fertk.core.io import sha256_file
-
     if method not in CALIBRATION_METHODS:
         raise InvalidInputError(f"unknown calibration method {method!r}", hint="choose " + ", ".join(CALIBRATION_METHODS))
     if not feeds:
@@ -206,9 +205,6 @@ def int8_accuracy(fp32_path: str | Path, int8_path: str | Path, feeds: Iterable[
                   held_out: bool = True) -> dict[str, Any]:
     """INT8 graph vs fp32 graph (both on ORT CPU) on `feeds`: errors per output, argmax agreement,
     and top-1 accuracy of both against `labels` when given (labels align with the feeds' rows)."""
-    from fertk.engines.compare import Tolerance, compare_outputs
-    from fertk.engines.ort_engine import OrtEngine
-
     with OrtEngine(fp32_path) as ref, OrtEngine(int8_path, precision="int8") as q:
         outputs: dict[str, list[np.ndarray]] = {s.name: [] for s in ref.output_specs}
         q_outputs: dict[str, list[np.ndarray]] = {s.name: [] for s in ref.output_specs}

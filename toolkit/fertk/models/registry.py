@@ -16,6 +16,7 @@ from fertk.core.errors import InvalidInputError
 _BUILTIN_MODULES = (
     "fertk.models.fer_cnn",
     "fertk.models.judges",
+    "fertk.models.pipeline",
     "fertk.models.procedural",
     "fertk.models.stargan",
     "fertk.models.stylegan2",

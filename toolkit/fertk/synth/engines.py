@@ -125,7 +125,7 @@ def parity_vs_fp32(module: torch.nn.Module, engine: Engine, device: str, batch: 
 
 
 def _open(module: torch.nn.Module, **kwargs: Any) -> Engine:
-    from fertk.engines import open_engine
+    from fertk.export import open_engine
 
     return open_engine(module, **kwargs)
 

@@ -137,7 +137,7 @@ class SynthOptions:
 
     def pipeline_config(self) -> Any:
         """The fused graph's config."""
-        from fertk.export.pipeline import PipelineConfig
+        from fertk.models.pipeline import PipelineConfig
 
         return PipelineConfig(
             generator=self.generator, generator_weights=self.generator_weights, truncation=self.truncation,
@@ -611,7 +611,7 @@ def run_synth(options: SynthOptions, *, progress: Callable[[ProgressEvent], None
     layout = DatasetLayout(root, options.format)
 
     # Everything that can fail on bad input fails here, before any shard work.
-    from fertk.export.pipeline import build_pipeline
+    from fertk.models.pipeline import build_pipeline
     from fertk.core.devices import resolve_device
     from fertk.synth.engines import FaceScorer, open_generation_engine, parity_vs_fp32, plan_generation
 

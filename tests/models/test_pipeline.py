@@ -14,7 +14,7 @@ import torch
 
 from fertk.core.emotions import EKMAN
 from fertk.core.errors import CheckpointError, InvalidInputError
-from fertk.export.pipeline import PipelineConfig, build_pipeline, crop_pixels, resample_matrix
+from fertk.models.pipeline import PipelineConfig, build_pipeline, crop_pixels, resample_matrix
 from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus
 
 

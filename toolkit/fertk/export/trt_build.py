@@ -1,17 +1,12 @@
-"""TensorRT engines from an artifact's ONNX graph: FP32/FP16/INT8, batch profiles, keyed caches.
+"""Building TensorRT engines from an artifact's ONNX graph: FP32/FP16/INT8, batch profiles, caches.
 
-Written against the TensorRT 10 Python API (`tensorrt` is imported lazily; nothing here needs it
-until an engine is built or run). What each piece is:
+Written against the TensorRT 10 Python API (`tensorrt` is imported lazily). What an engine file is
+valid for and how it is checked (`BatchProfile`, `EngineKey`, `inspect_engine`) is the engine
+layer's (`fertk.engines.trt_files`); this module builds and writes them:
 
-* `BatchProfile` — the optimisation profile's min/opt/max batch ("1:64:256"); `profile_shapes`
-  turns it into per-input (min, opt, max) shapes.
-* `EngineKey` — what an engine is valid for: GPU name, compute capability, TensorRT version,
-  precision, profile and the sha256 of the ONNX graph it was built from. It names the engine
-  file (`<artifact>/engines/<key>.engine`) and is stored beside it (`<key>.json`) with the
-  engine's own sha256.
-* `check_engine` — refuses an engine whose bytes no longer match their recorded hash (corrupt),
-  that was built for another GPU / compute capability / TensorRT version (foreign), or from
-  another graph (stale); `ensure_engine` rebuilds in the stale/corrupt/missing cases and never
+* `profile_shapes` turns a batch profile into per-input (min, opt, max) shapes.
+* `write_engine` stores engine bytes with their metadata (key, sha256, specs).
+* `ensure_engine` reuses a valid engine and rebuilds in the stale/corrupt/missing cases; it never
   runs such an engine.
 * `CalibrationBatcher` + `CalibrationCache` — fixed-size INT8 calibration batches from a dataset,
   and the calibration cache file (keyed by graph and data) that later builds reuse.
@@ -23,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,49 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from fertk.core.specs import TensorSpec
-from fertk.core.errors import ArtifactError, BackendUnavailableError, InvalidInputError
+from fertk.core.errors import ArtifactError, InvalidInputError
 from fertk.core.io import atomic_write_bytes, sha256_bytes, sha256_file
 from fertk.core.paths import cache_dir
+from fertk.core.progress import Progress, say
+from fertk.core.specs import TensorSpec
+from fertk.engines.trt_files import (
+    METADATA_FORMAT, BatchProfile, EngineKey, device_identity, engine_paths, inspect_engine, metadata_path,
+    name_slug, require_tensorrt,
+)
+from fertk.export.artifacts import Artifact
+from fertk.export.quantize import calibration_feeds
 
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE = 4 << 30
-METADATA_FORMAT = "fertk-trt-engine/1"
-
-
-# -- profiles ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchProfile:
-    """min <= opt <= max batch sizes of one TensorRT optimisation profile."""
-
-    min: int
-    opt: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if not (1 <= self.min <= self.opt <= self.max):
-            raise InvalidInputError(f"batch profile {self.min}:{self.opt}:{self.max} must satisfy 1 <= min <= opt <= max")
-
-    @classmethod
-    def parse(cls, text: str) -> "BatchProfile":
-        """'1:64:256' (or a single '32' for a static batch) → BatchProfile."""
-        parts = str(text).strip().split(":")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise InvalidInputError(f"batch profile {text!r} is not MIN:OPT:MAX integers") from None
-        if len(values) == 1:
-            values = values * 3
-        if len(values) != 3:
-            raise InvalidInputError(f"batch profile {text!r} needs three numbers MIN:OPT:MAX")
-        return cls(*values)
-
-    def __str__(self) -> str:
-        return f"{self.min}:{self.opt}:{self.max}"
-
-    def contains(self, batch: int) -> bool:
-        """True when `batch` is inside the profile."""
-        return self.min <= batch <= self.max
 
 
 def profile_shapes(specs: Sequence[TensorSpec], profile: BatchProfile
@@ -90,57 +54,6 @@ def profile_shapes(specs: Sequence[TensorSpec], profile: BatchProfile
         shapes[spec.name] = (spec.concrete_shape(profile.min), spec.concrete_shape(profile.opt),
                              spec.concrete_shape(profile.max))
     return shapes
-
-
-# -- engine keys and metadata ----------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-@dataclass(frozen=True)
-class EngineKey:
-    """What an engine is valid for; its `name` is the engine's file stem."""
-
-    gpu_name: str
-    compute_capability: str   # "9.0"
-    trt_version: str          # "10.3.0"
-    precision: str            # fp32 | fp16 | int8
-    profile: BatchProfile
-    onnx_sha256: str
-
-    def __post_init__(self) -> None:
-        if self.precision not in TRT_PRECISIONS:
-            raise InvalidInputError(f"TensorRT precision {self.precision!r} is not one of {', '.join(TRT_PRECISIONS)}")
-
-    @property
-    def name(self) -> str:
-        """File stem: precision, profile, GPU, compute capability, TRT version, graph hash prefix."""
-        p = self.profile
-        return (f"{self.precision}-b{p.min}-{p.opt}-{p.max}-{_slug(self.gpu_name)}"
-                f"-sm{self.compute_capability.replace('.', '')}-trt{self.trt_version}-{self.onnx_sha256[:12]}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict."""
-        data = asdict(self)
-        data["profile"] = str(self.profile)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EngineKey":
-        """Inverse of to_dict."""
-        return cls(str(data["gpu_name"]), str(data["compute_capability"]), str(data["trt_version"]),
-                   str(data["precision"]), BatchProfile.parse(str(data["profile"])), str(data["onnx_sha256"]))
-
-
-def engine_paths(engines_dir: str | Path, key: EngineKey) -> tuple[Path, Path]:
-    """(engine file, metadata file) of `key` inside an artifact's engines directory."""
-    engines_dir = Path(engines_dir)
-    return engines_dir / f"{key.name}.engine", engines_dir / f"{key.name}.json"
-
-
-def metadata_path(engine_path: str | Path) -> Path:
-    """The metadata file beside an engine file."""
-    return Path(engine_path).with_suffix(".json")
 
 
 def write_engine(engine_path: str | Path, plan: bytes, key: EngineKey, *, inputs: Sequence[TensorSpec],
@@ -161,57 +74,6 @@ def write_engine(engine_path: str | Path, plan: bytes, key: EngineKey, *, inputs
     atomic_write_bytes(engine_path, plan)
     atomic_write_bytes(metadata_path(engine_path), (json.dumps(meta, indent=2) + "\n").encode())
     return engine_path
-
-
-@dataclass
-class EngineCheck:
-    """Outcome of checking an engine file against what this machine and artifact need."""
-
-    status: str          # ok | missing | corrupt | foreign | stale
-    reason: str
-    metadata: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the engine may run."""
-        return self.status == "ok"
-
-
-def inspect_engine(engine_path: str | Path, *, gpu_name: str | None = None, compute_capability: str | None = None,
-                   trt_version: str | None = None, onnx_sha256: str | None = None) -> EngineCheck:
-    """Check an engine file: present, bytes matching their recorded sha256, built for this GPU /
-    compute capability / TensorRT version and (when given) from this ONNX graph."""
-    engine_path = Path(engine_path)
-    meta_file = metadata_path(engine_path)
-    if not engine_path.is_file():
-        return EngineCheck("missing", f"no engine file {engine_path}")
-    if not meta_file.is_file():
-        return EngineCheck("corrupt", f"{engine_path.name} has no metadata file {meta_file.name}: origin unknown")
-    try:
-        meta = json.loads(meta_file.read_text())
-        key = EngineKey.from_dict(meta["key"])
-        recorded = str(meta["engine_sha256"])
-    except (OSError, ValueError, KeyError, TypeError, InvalidInputError) as exc:
-        return EngineCheck("corrupt", f"{meta_file.name} is unreadable: {exc}")
-    if meta.get("format") != METADATA_FORMAT:
-        return EngineCheck("corrupt", f"{meta_file.name} has format {meta.get('format')!r}, expected {METADATA_FORMAT}")
-    actual = sha256_file(engine_path)
-    if actual != recorded:
-        return EngineCheck("corrupt", f"{engine_path.name} bytes do not match their recorded sha256 "
-                                      "(truncated or modified)", meta)
-    mismatches = []
-    if gpu_name is not None and key.gpu_name != gpu_name:
-        mismatches.append(f"GPU {key.gpu_name!r} (this machine: {gpu_name!r})")
-    if compute_capability is not None and key.compute_capability != compute_capability:
-        mismatches.append(f"compute capability {key.compute_capability} (this machine: {compute_capability})")
-    if trt_version is not None and key.trt_version != trt_version:
-        mismatches.append(f"TensorRT {key.trt_version} (installed: {trt_version})")
-    if mismatches:
-        return EngineCheck("foreign", f"{engine_path.name} was built for " + ", ".join(mismatches), meta)
-    if onnx_sha256 is not None and key.onnx_sha256 != onnx_sha256:
-        return EngineCheck("stale", f"{engine_path.name} was built from graph {key.onnx_sha256[:12]}, "
-                                    f"the artifact's graph is {onnx_sha256[:12]}", meta)
-    return EngineCheck("ok", "engine matches this machine and graph", meta)
 
 
 # -- calibration ------------------------------------------------------------------------------------------
@@ -287,35 +149,11 @@ class CalibrationCache:
         atomic_write_bytes(self.path, bytes(data))
 
 
-# -- this machine -----------------------------------------------------------------------------------------
-def require_tensorrt() -> Any:
-    """The tensorrt module, or BackendUnavailableError saying why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        raise BackendUnavailableError("tensorrt is not installed",
-                                      hint="install the fertk gpu extra (tensorrt, onnxruntime-gpu, cuda-python) on a machine with an NVIDIA GPU")
-    import tensorrt
-
-    return tensorrt
-
-
-def device_identity(device: str = "cuda") -> tuple[str, str]:
-    """(GPU name, compute capability "M.m") of a CUDA device, via torch."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError("TensorRT needs a CUDA device; torch sees none")
-    index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return torch.cuda.get_device_name(index), f"{major}.{minor}"
-
-
 def timing_cache_path(gpu_name: str, compute_capability: str, trt_version: str, root: str | Path | None = None) -> Path:
     """One timing cache per GPU model, compute capability and TensorRT version."""
 
     base = Path(root) if root is not None else cache_dir("tensorrt")
-    return base / f"timing-{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}-trt{trt_version}.cache"
+    return base / f"timing-{name_slug(gpu_name)}-sm{compute_capability.replace('.', '')}-trt{trt_version}.cache"
 
 
 # -- building ---------------------------------------------------------------------------------------------
@@ -335,8 +173,8 @@ class BuildOptions:
         return asdict(self)
 
 
-def ensure_engine(artifact: Any, options: BuildOptions | None = None, *, device: str = "cuda",
-                  calibration: Any = None, rebuild: bool = False, progress: Any = None) -> Path:
+def ensure_engine(artifact: Artifact, options: BuildOptions | None = None, *, device: str = "cuda",
+                  calibration: Any = None, rebuild: bool = False, progress: Progress | None = None) -> Path:
     """The engine of `artifact` for this GPU/TensorRT/precision/profile: reused when valid, else built.
 
     A corrupt, stale or foreign engine under the same key is never run: it is rebuilt (and the
@@ -354,15 +192,13 @@ def ensure_engine(artifact: Any, options: BuildOptions | None = None, *, device:
                            trt_version=trt.__version__, onnx_sha256=onnx_sha)
     if check.ok and not rebuild:
         return engine_file
-    if progress is not None and check.status != "missing":
-        progress(f"rebuilding TensorRT engine: {check.reason}")
+    if check.status != "missing":
+        say(progress, f"rebuilding TensorRT engine: {check.reason}")
     batcher = None
     if options.precision == "int8":
         if calibration is None:
             raise InvalidInputError("a TensorRT INT8 engine needs calibration data",
                                     hint="pass --calib DATASET (or use --precision fp16)")
-        from fertk.export.quantize import calibration_feeds
-
         feeds = calibration_feeds(calibration, artifact.card.input_specs(), batch_size=options.calibration_batch,
                                   ranges=artifact.card.ranges())
         batcher = CalibrationBatcher(feeds, artifact.card.input_specs(), options.calibration_batch,
@@ -372,7 +208,7 @@ def ensure_engine(artifact: Any, options: BuildOptions | None = None, *, device:
     return engine_file
 
 
-def _make_logger(trt: Any, progress: Any) -> Any:
+def _make_logger(trt: Any, progress: Progress | None) -> Any:
     """A TensorRT ILogger that keeps errors (for messages) and forwards warnings to `progress`."""
 
     class Logger(trt.ILogger):
@@ -383,8 +219,8 @@ def _make_logger(trt: Any, progress: Any) -> Any:
         def log(self, severity: Any, msg: str) -> None:
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                 self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING and progress is not None:
-                progress(f"tensorrt: {msg}")
+            elif severity == trt.ILogger.Severity.WARNING:
+                say(progress, f"tensorrt: {msg}")
 
     return Logger()
 
@@ -445,7 +281,8 @@ def _entropy_calibrator(trt: Any, batcher: CalibrationBatcher, cache: Calibratio
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, key: EngineKey, inputs: Sequence[TensorSpec],
                  outputs: Sequence[TensorSpec], *, options: BuildOptions, batcher: CalibrationBatcher | None = None,
-                 device: str = "cuda", timing_cache: str | Path | None = None, progress: Any = None) -> Path:
+                 device: str = "cuda", timing_cache: str | Path | None = None,
+                 progress: Progress | None = None) -> Path:
     """Build a serialized engine from an ONNX file with the TensorRT 10 builder and write it with its key."""
     trt = require_tensorrt()
     logger = _make_logger(trt, progress)
@@ -482,8 +319,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, key: EngineKey,
         key.gpu_name, key.compute_capability, key.trt_version)
     timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
-    if progress is not None:
-        progress(f"building TensorRT {key.precision} engine, batch profile {key.profile}")
+    say(progress, f"building TensorRT {key.precision} engine, batch profile {key.profile}")
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start

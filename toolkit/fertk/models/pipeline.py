@@ -28,8 +28,12 @@ import torch
 from torch import nn
 
 from fertk.core.emotions import EKMAN, NEUTRAL, parse_emotions
-from fertk.core.specs import TensorSpec
 from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus
+from fertk.models.registry import ModelCard, register_model
+from fertk.models.stargan import load_stargan_generator
+from fertk.models.stylegan2 import fp16_layers_choice, load_stylegan2
 
 GENERATORS = ("procedural", "stylegan2")
 TRANSLATORS = ("stargan",)
@@ -275,8 +279,6 @@ class GenerationPipeline(nn.Module):
         the procedural one); returns the decision as recorded in the card, or None."""
         if self.config.generator != "stylegan2":
             return None
-        from fertk.models.stylegan2 import fp16_layers_choice
-
         choice = fp16_layers_choice(self.generator.config.synthesis_kwargs.num_fp16_res, device=device,
                                     precision=precision, target=target, force=force)
         self.generator.set_fp16_layers(choice)
@@ -284,6 +286,25 @@ class GenerationPipeline(nn.Module):
         if isinstance(generator_card, dict):
             generator_card.setdefault("extra", {})["fp16_layers"] = choice.describe()
         return choice.describe()
+
+    def value_ranges(self) -> dict[str, tuple[float, float]]:
+        """Value ranges of the inputs (parity and calibration draw from them)."""
+        ranges = {"intensity": (0.0, 1.0)}
+        if self.latent_kind == "uniform":
+            ranges["latent"] = (0.0, 1.0)
+        return ranges
+
+    def model_card(self) -> ModelCard:
+        """The registry card: config, the parts' weight hashes, specs with their value ranges."""
+        card = self.card()
+        ranges = self.value_ranges()
+        inputs = [{**s.to_dict(), **({"range": list(ranges[s.name])} if s.name in ranges else {})}
+                  for s in self.input_specs]
+        hashes = [c.get("weights_sha256") for c in (card.get("generator"), card.get("translator")) if c]
+        return ModelCard(name="pipeline", architecture=type(self).__name__, config=card["config"],
+                         weights_sha256=",".join(h for h in hashes if h) or None, source="fertk.models.pipeline",
+                         inputs=inputs, outputs=card["outputs"],
+                         extra={k: v for k, v in card.items() if k not in ("config", "inputs", "outputs")})
 
     def card(self) -> dict[str, Any]:
         """What this graph is: config, model cards (with weight hashes), specs, latent kind."""
@@ -330,8 +351,6 @@ def build_pipeline(config: PipelineConfig | None = None) -> GenerationPipeline:
     cards: dict[str, Any] = {}
     prototypes = None
     if config.generator == "procedural":
-        from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus
-
         generator = ProceduralFaces(ProceduralConfig(resolution=config.resolution, style=config.style,
                                                      framing=config.framing, color=config.color))
         cards["generator"] = {"name": "procedural", "architecture": type(generator).__name__,
@@ -341,9 +360,6 @@ def build_pipeline(config: PipelineConfig | None = None) -> GenerationPipeline:
         cards["translator"] = None
         prototypes = expression_aus(list(config.emotions), 1.0)
     else:
-        from fertk.models.stargan import load_stargan_generator
-        from fertk.models.stylegan2 import load_stylegan2
-
         g_path = _require_file(config.generator_weights, "StyleGAN2 generator", "--generator-weights")
         t_path = _require_file(config.translator_weights, "StarGAN translator", "--translator-weights")
         generator, g_card = load_stylegan2(g_path)
@@ -355,6 +371,20 @@ def build_pipeline(config: PipelineConfig | None = None) -> GenerationPipeline:
     return pipeline.eval().requires_grad_(False)
 
 
+@register_model("pipeline", description="The fused generation graph: latent + intensities -> every expression "
+                                       "-> cropped gray uint8 faces", task="pipeline",
+                default_config=PipelineConfig().to_dict())
+def build_pipeline_model(weights: Path | None = None, **config: Any) -> tuple[GenerationPipeline, ModelCard]:
+    """Registry builder: the pipeline from config overrides (its parts' weights are named in the config)."""
+    if weights is not None:
+        raise InvalidInputError(
+            "the pipeline takes its weights from --config, not --weights",
+            hint='e.g. --config \'{"generator": "stylegan2", "generator_weights": "G.pkl", '
+                 '"translator_weights": "200000-G.ckpt"}\'')
+    pipeline = build_pipeline(PipelineConfig.from_dict(config))
+    return pipeline, pipeline.model_card()
+
+
 def _card_dict(card: Any) -> dict[str, Any] | None:
     if card is None:
         return None
@@ -364,4 +394,4 @@ def _card_dict(card: Any) -> dict[str, Any] | None:
 
 
 __all__ = ["GENERATORS", "DEFAULT_CROPS", "GenerationPipeline", "PipelineConfig", "Postprocess",
-           "build_pipeline", "crop_pixels", "resample_matrix"]
+           "build_pipeline", "build_pipeline_model", "crop_pixels", "resample_matrix"]
