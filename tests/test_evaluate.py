@@ -15,14 +15,13 @@ from fertk.data.records import FaceArrays
 from fertk.engines.base import Engine
 from fertk.core.specs import TensorSpec
 from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError
+from fertk.data.convert import faces_to_gray, map_labels
 from fertk.evaluate import (
     EvalReport,
     class_metrics,
     confusion_matrix,
     evaluate,
     evaluate_sets,
-    faces_to_gray,
-    map_labels,
     write_report,
     write_reports,
 )
