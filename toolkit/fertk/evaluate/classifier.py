@@ -169,7 +169,7 @@ def open_weights(weights: Path, *, backend: str, device: str, variant: str | Non
     if not card_path_for(weights).is_file():
         card_dict.setdefault("extra", {})["note"] = "no JSON card beside the weights; config read from the file"
     if backend == "torch":
-        engine_device: str | None = resolve_device(device) if device != "cpu" else "cpu"
+        engine_device: str | None = resolve_device(device)
     else:
         engine_device = None if device == "cpu" and backend in ("trt", "auto") else device
     runner = open_engine(model, backend=backend, device=engine_device,
