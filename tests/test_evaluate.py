@@ -253,3 +253,23 @@ def test_a_classifier_always_runs_as_an_engine_and_a_module_keeps_its_mode(tmp_p
     model.train()  # a bare module goes through the torch engine too, and gets its mode back
     np.testing.assert_array_equal(predict_logits(model, faces), expected)
     assert model.training
+
+
+def test_evaluate_paths_reports_each_scored_test_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fertk.core.progress import ProgressEvent
+    from fertk.data.options import DatasetOptions
+    from fertk.evaluate import evaluate_paths
+    from fertk.models.fer_cnn import FerCNN, FerCNNConfig, save_fer_model
+    from tests.data.fixtures import make_folder_dataset
+
+    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    save_fer_model(FerCNN(FerCNNConfig("authors-code", ("happiness", "sadness"), 32)), tmp_path / "model.safetensors")
+    trees = [make_folder_dataset(tmp_path / name, per_class=2, subjects=2, size=32) for name in ("a", "b")]
+    events: list[ProgressEvent] = []
+    run = evaluate_paths(tmp_path / "model.safetensors", trees, options=DatasetOptions(detect="none"),
+                         progress=events.append)
+    scored = [e for e in events if e.kind == "scored"]
+    assert [(e.done, e.total, e.unit) for e in scored] == [(1, 2, "test sets"), (2, 2, "test sets")]
+    assert [e.data["accuracy"] for e in scored] == [r.accuracy for r in run.reports]
+    assert scored[0].message.startswith("a: accuracy")

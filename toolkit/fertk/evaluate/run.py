@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError
-from fertk.core.progress import Progress
+from fertk.core.progress import Progress, emit
 from fertk.data.convert import faces_to_gray, map_labels
 from fertk.data.options import DatasetOptions, arrays_name, dataset_info, dataset_name
 from fertk.data.records import FaceArrays
@@ -84,7 +84,7 @@ def evaluate_paths(model_path: str | Path, datasets: Sequence[str | Path], *,
                    classes: Sequence[str] | None = None, progress: Progress | None = None,
                    batch_size: int = DEFAULT_BATCH, judge: str | Path | None = None) -> EvalRun:
     """`fertk eval`: open the model (or `judge`, then model_path is unused), read each dataset with
-    the model's classes, score, write reports."""
+    the model's classes, score, write reports; `progress` gets a "scored" event per test set."""
     if not datasets:
         raise InvalidInputError("no test dataset given", hint="fertk eval MODEL DATASET [DATASET ...]")
     if judge is not None:
@@ -94,9 +94,12 @@ def evaluate_paths(model_path: str | Path, datasets: Sequence[str | Path], *,
     try:
         read = (options or DatasetOptions()).with_classes(classifier.classes)
         names = unique_stems([dataset_name(p) for p in datasets])
-        reports = [evaluate(classifier, read.load(path, size=classifier.input_size, progress=progress),
-                            name=name, batch_size=batch_size)
-                   for name, path in zip(names, datasets)]
+        reports = []
+        for name, path in zip(names, datasets):
+            arrays = read.load(path, size=classifier.input_size, progress=progress)
+            reports.append(evaluate(classifier, arrays, name=name, batch_size=batch_size))
+            emit(progress, "scored", f"{name}: accuracy {reports[-1].accuracy:.1%} (n={reports[-1].n})",
+                 done=len(reports), total=len(datasets), unit="test sets", accuracy=reports[-1].accuracy)
     finally:
         classifier.close()
     run = EvalRun(classifier.describe(), reports)
