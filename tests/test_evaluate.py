@@ -15,14 +15,13 @@ from fertk.data.records import FaceArrays
 from fertk.engines.base import Engine
 from fertk.core.specs import TensorSpec
 from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError
+from fertk.data.convert import faces_to_gray, map_labels
 from fertk.evaluate import (
     EvalReport,
     class_metrics,
     confusion_matrix,
     evaluate,
     evaluate_sets,
-    faces_to_gray,
-    map_labels,
     write_report,
     write_reports,
 )
@@ -227,3 +226,50 @@ def test_reports_are_written_as_json_csv_and_png(tmp_path: Path) -> None:
     # A single report under an explicit name.
     single = write_report(reports[0], tmp_path / "one", "renamed")
     assert single["json"].name == "renamed.json"
+
+
+def test_a_classifier_always_runs_as_an_engine_and_a_module_keeps_its_mode(tmp_path: Path) -> None:
+    from fertk.evaluate import open_classifier, predict_logits
+    from fertk.models.fer_cnn import FerCNN, FerCNNConfig, save_fer_model
+
+    torch.manual_seed(0)
+    model = FerCNN(FerCNNConfig("authors-code", ("anger", "happiness", "sadness"), 32))
+    save_fer_model(model, tmp_path / "model.safetensors")
+    faces = np.random.default_rng(0).integers(0, 256, (5, 1, 32, 32), dtype=np.uint8)
+    model.eval()
+    with torch.inference_mode():
+        x = torch.from_numpy(faces).float().div_(255.0)
+        expected = model(x).numpy()
+        in_twos = np.concatenate([model(x[i:i + 2]).numpy() for i in range(0, 5, 2)])  # GEMMs depend on batch
+
+    classifier = open_classifier(tmp_path)
+    try:
+        assert isinstance(classifier.runner, Engine) and classifier.backend == "torch"
+        np.testing.assert_array_equal(predict_logits(classifier, faces, batch_size=2), in_twos)
+        assert classifier.runner.stats.items == 5 and classifier.runner.stats.calls == 3
+    finally:
+        classifier.close()
+
+    model.train()  # a bare module goes through the torch engine too, and gets its mode back
+    np.testing.assert_array_equal(predict_logits(model, faces), expected)
+    assert model.training
+
+
+def test_evaluate_paths_reports_each_scored_test_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fertk.core.progress import ProgressEvent
+    from fertk.data.options import DatasetOptions
+    from fertk.evaluate import evaluate_paths
+    from fertk.models.fer_cnn import FerCNN, FerCNNConfig, save_fer_model
+    from tests.data.fixtures import make_folder_dataset
+
+    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    save_fer_model(FerCNN(FerCNNConfig("authors-code", ("happiness", "sadness"), 32)), tmp_path / "model.safetensors")
+    trees = [make_folder_dataset(tmp_path / name, per_class=2, subjects=2, size=32) for name in ("a", "b")]
+    events: list[ProgressEvent] = []
+    run = evaluate_paths(tmp_path / "model.safetensors", trees, options=DatasetOptions(detect="none"),
+                         progress=events.append)
+    scored = [e for e in events if e.kind == "scored"]
+    assert [(e.done, e.total, e.unit) for e in scored] == [(1, 2, "test sets"), (2, 2, "test sets")]
+    assert [e.data["accuracy"] for e in scored] == [r.accuracy for r in run.reports]
+    assert scored[0].message.startswith("a: accuracy")

@@ -104,7 +104,8 @@ def test_the_default_preset_restarts_a_stuck_smallest_cell_before_early_stopping
 
     from fertk.data.records import FaceArrays
     from fertk.experiment.standin import PRESETS
-    from fertk.train.fer import FerTrainConfig, train_fer
+    from fertk.train.fer import train_fer
+    from fertk.train.fer_config import FerTrainConfig
 
     p = PRESETS["default"]
 
@@ -119,6 +120,5 @@ def test_the_default_preset_restarts_a_stuck_smallest_cell_before_early_stopping
                             batch_size=p.batch_size, lr=p.lr, patience=p.patience, min_epochs=p.min_epochs,
                             plateau_restarts=p.plateau_restarts, plateau_steps=p.plateau_steps, augment=False,
                             seed=0, threads=1, device="cpu")
-    result = train_fer(noise(p.split_sizes[0], "tr"), noise(p.split_sizes[1], "va"), config, tmp_path / "run",
-                       progress=False)
+    result = train_fer(noise(p.split_sizes[0], "tr"), noise(p.split_sizes[1], "va"), config, tmp_path / "run")
     assert result.restarts >= 1, (result.restarts, result.epochs_run, result.stop_reason)

@@ -380,7 +380,8 @@ def test_table1_cnn_learns_the_procedural_world(style: str, tmp_path) -> None:
     emotions of 100 unseen ones. (On whole portraits it sits on its initial plateau far longer.)"""
     from fertk.data.records import FaceArrays
     from fertk.models.fer_cnn import load_fer_model
-    from fertk.train.fer import FerTrainConfig, train_fer
+    from fertk.train.fer import train_fer
+    from fertk.train.fer_config import FerTrainConfig
 
     model = ProceduralFaces(ProceduralConfig(resolution=64, color=False, style=style, framing="face")).eval()
 
@@ -392,7 +393,7 @@ def test_table1_cnn_learns_the_procedural_world(style: str, tmp_path) -> None:
 
     config = FerTrainConfig(variant="paper", epochs=40, min_epochs=15, patience=5, seed=0, threads=2, device="cpu")
     result = train_fer(arrays(200, 1, 0.5, 1.0, "train"), arrays(40, 3, 0.5, 1.0, "val"), config,
-                       tmp_path / "run", progress=False)
+                       tmp_path / "run")
     net, _ = load_fer_model(result.model_path)
     x_full, y_full = _render_set(model, 100, seed=2, low=1.0, high=1.0)
     x_weak, y_weak = _render_set(model, 100, seed=2, low=0.3, high=0.3)

@@ -11,12 +11,15 @@ import pytest
 import torch
 
 from fertk.data.records import FaceArrays
+from fertk.core.progress import ProgressEvent
 from fertk.core.errors import CheckpointError, DatasetError, InvalidInputError, OutputExistsError
 from fertk.evaluate import evaluate
 from fertk.models.fer_cnn import load_fer_model
 from fertk.models.procedural import ProceduralConfig, ProceduralFaces, expression_aus, random_identities, to_gray01
 from fertk.models.weights import read_state_dict
-from fertk.train.fer import FerTrainConfig, TrainResult, augment_batch, read_history, train_fer
+from fertk.train.fer import augment_batch, train_fer
+from fertk.train.fer_config import FerTrainConfig, TrainResult
+from fertk.train.fer_state import read_history
 
 _RENDERERS: dict[int, ProceduralFaces] = {}
 
@@ -49,7 +52,7 @@ def two_class_statistics(seed: int, workdir: Path) -> dict[str, float]:
     # CNN needs ~40-80 Adam steps to leave its initial plateau here, so 24 epochs x 4 steps.
     config = FerTrainConfig(variant="authors-code", input_size=32, epochs=24, batch_size=32, lr=1e-3,
                             patience=0, seed=seed, threads=2, device="cpu")
-    result = train_fer(train, val, config, workdir / "run", progress=False)
+    result = train_fer(train, val, config, workdir / "run")
     model, _card = load_fer_model(result.model_path)
     return {"accuracy": evaluate(model, test).accuracy, "best_epoch": float(result.best_epoch)}
 
@@ -89,7 +92,7 @@ def tiny_data() -> tuple[FaceArrays, FaceArrays]:
 
 def test_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path: Path, tiny_data) -> None:
     train, val = tiny_data
-    whole = train_fer(train, val, _tiny_config(), tmp_path / "whole", progress=False)
+    whole = train_fer(train, val, _tiny_config(), tmp_path / "whole")
 
     def interrupt_after_two(row: dict[str, float]) -> None:
         if row["epoch"] == 2:
@@ -97,14 +100,14 @@ def test_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path: Path,
 
     run = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        train_fer(train, val, _tiny_config(), run, progress=False, on_epoch_end=interrupt_after_two)
+        train_fer(train, val, _tiny_config(), run, on_epoch_end=interrupt_after_two)
     assert (run / "last.pt").is_file() and not (run / "result.json").exists()
     assert [r["epoch"] for r in read_history(run / "history.csv")] == [1, 2]
     state = torch.load(run / "last.pt", weights_only=True)  # tensors and plain types only
     assert state["epoch"] == 2 and "optimizer" in state
 
     seen: list[int] = []
-    resumed = train_fer(train, val, _tiny_config(), run, progress=False,
+    resumed = train_fer(train, val, _tiny_config(), run,
                         on_epoch_end=lambda row: seen.append(int(row["epoch"])))
     assert seen == [3, 4] and resumed.resumed_from == 2
     assert _rows_without_time(resumed.history) == _rows_without_time(whole.history)
@@ -116,7 +119,7 @@ def test_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path: Path,
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     # A finished run is returned as is, without training again.
-    again = train_fer(train, val, _tiny_config(), run, progress=False, on_epoch_end=lambda row: seen.append(-1))
+    again = train_fer(train, val, _tiny_config(), run, on_epoch_end=lambda row: seen.append(-1))
     assert -1 not in seen and again.best_epoch == resumed.best_epoch
 
 
@@ -124,7 +127,7 @@ def test_best_epoch_is_kept_not_the_last_and_early_stopping_ends_the_run(tmp_pat
     # Four identities to train on and a high step size: it overfits fast, the val loss turns up.
     train, val = _tiny(21, 4, "tr"), _tiny(22, 6, "va")
     config = _tiny_config(epochs=40, lr=3e-3, patience=3, augment=False, batch_size=4)
-    result = train_fer(train, val, config, tmp_path / "run", progress=False)
+    result = train_fer(train, val, config, tmp_path / "run")
     losses = [r["val_loss"] for r in result.history]
     assert result.stop_reason == "early-stopping"
     assert result.best_epoch == int(np.argmin(losses)) + 1
@@ -165,36 +168,36 @@ def test_config_round_trips_and_rejects_bad_values() -> None:
 def test_bad_input_is_refused_with_one_line_errors(tmp_path: Path, tiny_data) -> None:
     train, val = tiny_data
     with pytest.raises(InvalidInputError, match="validation set"):
-        train_fer(train, None, _tiny_config(), tmp_path / "a", progress=False)
+        train_fer(train, None, _tiny_config(), tmp_path / "a")
     empty = train.subset(np.zeros(len(train), bool))
     with pytest.raises(DatasetError, match="training set is empty"):
-        train_fer(empty, val, _tiny_config(), tmp_path / "b", progress=False)
+        train_fer(empty, val, _tiny_config(), tmp_path / "b")
     with pytest.raises(DatasetError, match=r"\['surprise'\] are not among the model classes"):
-        train_fer(train, val, _tiny_config(classes=("happiness", "sadness")), tmp_path / "c", progress=False)
+        train_fer(train, val, _tiny_config(classes=("happiness", "sadness")), tmp_path / "c")
 
     def stop(row: dict[str, float]) -> None:
         raise KeyboardInterrupt
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_fer(train, val, _tiny_config(), run, progress=False, on_epoch_end=stop)
+        train_fer(train, val, _tiny_config(), run, on_epoch_end=stop)
     # Resuming with another architecture, other data, or other options is refused, naming the file.
     with pytest.raises(CheckpointError, match=r"last\.pt belongs to a 'paper' FER CNN.*expected 'authors-code'"):
-        train_fer(train, val, _tiny_config(variant="authors-code", input_size=32), run, progress=False)
+        train_fer(train, val, _tiny_config(variant="authors-code", input_size=32), run)
     with pytest.raises(OutputExistsError, match="different data"):
-        train_fer(val, train, _tiny_config(), run, progress=False)
+        train_fer(val, train, _tiny_config(), run)
     with pytest.raises(OutputExistsError, match="lr"):
-        train_fer(train, val, _tiny_config(lr=5e-4), run, progress=False)
+        train_fer(train, val, _tiny_config(lr=5e-4), run)
     (run / "last.pt").write_bytes(b"not a torch archive")
     with pytest.raises(CheckpointError, match="cannot read the resume state"):
-        train_fer(train, val, _tiny_config(), run, progress=False)
+        train_fer(train, val, _tiny_config(), run)
     # --no-resume starts over.
-    fresh = train_fer(train, val, _tiny_config(epochs=1), run, progress=False, resume=False)
+    fresh = train_fer(train, val, _tiny_config(epochs=1), run, resume=False)
     assert fresh.epochs_run == 1 and fresh.resumed_from == 0
     # A damaged result.json of a finished run is an error naming it, not a raw JSON error.
     (run / "result.json").write_text('{"run_dir": ')
     with pytest.raises(CheckpointError, match=r"result\.json is not a readable fertk training result"):
-        train_fer(train, val, _tiny_config(epochs=1), run, progress=False)
+        train_fer(train, val, _tiny_config(epochs=1), run)
 
 
 def test_training_without_some_class_is_refused_unless_allowed(tmp_path: Path, tiny_data) -> None:
@@ -202,16 +205,41 @@ def test_training_without_some_class_is_refused_unless_allowed(tmp_path: Path, t
     one = train.subset(np.asarray(train.labels) == 0)  # one class of the three the model would have
     assert len(one) and len(set(np.asarray(one.labels).tolist())) == 1
     with pytest.raises(DatasetError, match=r"training set has no sample of sadness, surprise") as caught:
-        train_fer(one, val, _tiny_config(epochs=1), tmp_path / "refused", progress=False)
+        train_fer(one, val, _tiny_config(epochs=1), tmp_path / "refused")
     assert "--allow-missing-classes" in (caught.value.hint or "")
     assert not (tmp_path / "refused" / "model.safetensors").exists()
 
-    result = train_fer(one, val, _tiny_config(epochs=1), tmp_path / "allowed", progress=False,
+    result = train_fer(one, val, _tiny_config(epochs=1), tmp_path / "allowed",
                        allow_missing_classes=True)
     assert result.classes == ("happiness", "sadness", "surprise")
     assert result.data["absent_classes"] == {"train": ["sadness", "surprise"], "val": []}
     _model, card = load_fer_model(result.model_path)
     assert card.extra["training_data"]["absent_classes"]["train"] == ["sadness", "surprise"]
+
+
+def _print_lines(event: ProgressEvent) -> None:
+    if event.kind != "advance":
+        print(event.kind, event.message)
+
+
+def test_progress_events_count_batches_and_epochs_and_carry_the_metrics(tmp_path: Path, tiny_data) -> None:
+    train, val = tiny_data
+    events: list[ProgressEvent] = []
+    result = train_fer(train, val, _tiny_config(), tmp_path / "run", progress=events.append)
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [(e.done, e.total, e.unit) for e in epochs] == [(1, 4, "epochs"), (2, 4, "epochs"), (3, 4, "epochs"),
+                                                          (4, 4, "epochs")]
+    for event, row in zip(epochs, result.history):
+        assert event.data["val_acc"] == row["val_acc"] and event.data["val_loss"] == row["val_loss"]
+    steps = -(-len(train) // 8)  # batch 8
+    batches = [e for e in events if e.kind == "advance"]
+    assert len(batches) == 4 * steps and {e.total for e in batches} == {steps} and batches[-1].done == steps
+    assert all(0.0 <= e.data["acc"] <= 1.0 for e in batches)
+    assert any(e.kind == "message" and e.message.startswith(f"best epoch {result.best_epoch}:") for e in events)
+    # A finished run says nothing: it is returned as is.
+    again: list[ProgressEvent] = []
+    train_fer(train, val, _tiny_config(), tmp_path / "run", progress=again.append)
+    assert again == []
 
 
 @pytest.mark.slow
@@ -222,7 +250,8 @@ def test_paper_settings_on_six_procedural_expressions(tmp_path: Path) -> None:
     train = procedural_faces(EKMAN, 109, seed=1, size=64, source="train")
     val = procedural_faces(EKMAN, 10, seed=2, size=64, source="val")
     test = procedural_faces(EKMAN, 25, seed=3, size=64, source="test")
-    result = train_fer(train, val, FerTrainConfig(epochs=60, seed=0, device="cpu"), tmp_path / "run", progress=True)
+    result = train_fer(train, val, FerTrainConfig(epochs=60, seed=0, device="cpu"), tmp_path / "run",
+                       progress=_print_lines)
     model, _card = load_fer_model(result.model_path)
     report = evaluate(model, test)
     print(f"procedural 6-class test accuracy {report.accuracy:.3f} after {result.epochs_run} epochs")
@@ -231,7 +260,7 @@ def test_paper_settings_on_six_procedural_expressions(tmp_path: Path) -> None:
 
 def test_concatenated_datasets_keep_samples_and_subjects_apart() -> None:
     from fertk.data.splits import subject_ids
-    from fertk.train.fer import concat_arrays
+    from fertk.data.convert import concat_arrays
 
     first = procedural_faces(("happiness", "surprise"), 2, seed=1, size=16, source="synth")
     second = procedural_faces(("surprise", "happiness"), 2, seed=2, size=16, source="synth")  # same names
@@ -248,10 +277,10 @@ def test_concatenated_datasets_keep_samples_and_subjects_apart() -> None:
 def test_min_epochs_holds_off_early_stopping(tmp_path: Path) -> None:
     train, val = _tiny(21, 4, "tr"), _tiny(22, 6, "va")
     eager = _tiny_config(epochs=30, lr=3e-3, patience=1, augment=False, batch_size=4)
-    first = train_fer(train, val, eager, tmp_path / "eager", progress=False)
+    first = train_fer(train, val, eager, tmp_path / "eager")
     assert first.stop_reason == "early-stopping"
     held = FerTrainConfig.from_dict({**eager.to_dict(), "min_epochs": first.epochs_run + 2})
-    second = train_fer(train, val, held, tmp_path / "held", progress=False)
+    second = train_fer(train, val, held, tmp_path / "held")
     assert second.epochs_run >= first.epochs_run + 2
     # Same seed, same data: the runs agree on every epoch they share.
     assert _rows_without_time(second.history[:first.epochs_run]) == _rows_without_time(first.history)
@@ -264,11 +293,11 @@ def test_a_run_stuck_on_the_initial_plateau_is_restarted_from_a_new_initialisati
     noise = FaceArrays(train.images, np.random.default_rng(0).permutation(train.labels), train.classes,
                        train.subjects, train.sources, train.keys, train.meta)
     config = _tiny_config(epochs=7, plateau_restarts=2, plateau_steps=6, patience=0, lr=1e-2)  # 3 steps/epoch
-    result = train_fer(noise, val, config, tmp_path / "stuck", progress=False)
+    result = train_fer(noise, val, config, tmp_path / "stuck")
     assert result.restarts == 2 and result.epochs_run == 7
     assert [row["epoch"] for row in result.history] == list(range(1, 8))  # one continuous history
     assert result.best_epoch > 4           # the kept model is the last attempt's (restarted after epoch 4)
     assert json.loads((tmp_path / "stuck" / "result.json").read_text())["restarts"] == 2
     # The default (the paper's rule) never restarts.
-    plain = train_fer(noise, val, _tiny_config(epochs=5, lr=1e-2), tmp_path / "plain", progress=False)
+    plain = train_fer(noise, val, _tiny_config(epochs=5, lr=1e-2), tmp_path / "plain")
     assert plain.restarts == 0 and plain.epochs_run == 5

@@ -17,7 +17,8 @@ from fertk.core.emotions import EKMAN, STARGAN_AUTHORS_ORDER
 from fertk.core.errors import DatasetError, OutputExistsError
 from fertk.models.stargan import load_stargan_discriminator, load_stargan_generator
 from fertk.models.weights import read_state_dict
-from fertk.train.stargan import StarGANTrainConfig, learning_rate, prepare_images, train_stargan
+from fertk.train.stargan import learning_rate, prepare_images, train_stargan
+from fertk.train.stargan_config import StarGANTrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +52,7 @@ def _tiny(**overrides) -> StarGANTrainConfig:
 
 def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     data = _faces()
-    straight = train_stargan(_tiny(), data, tmp_path / "straight", progress=False)
+    straight = train_stargan(_tiny(), data, tmp_path / "straight")
     assert straight.iterations == 6 and straight.checkpoints == [2, 4, 6]
 
     class Interrupt(Exception):
@@ -62,16 +63,16 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path: Path)
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_stargan(_tiny(), data, tmp_path / "cut", progress=False, callback=stop_at_5)
+        train_stargan(_tiny(), data, tmp_path / "cut", callback=stop_at_5)
     state = json.loads((tmp_path / "cut" / "training_state.json").read_text())
     assert state["iteration"] == 4  # iteration 5 was lost with the interruption
 
     with pytest.raises(OutputExistsError, match="already holds a StarGAN run"):
-        train_stargan(_tiny(), data, tmp_path / "cut", progress=False)
+        train_stargan(_tiny(), data, tmp_path / "cut")
     with pytest.raises(OutputExistsError, match="conv_dim: 4 -> 8"):
-        train_stargan(_tiny(conv_dim=8, resume=True), data, tmp_path / "cut", progress=False)
+        train_stargan(_tiny(conv_dim=8, resume=True), data, tmp_path / "cut")
 
-    resumed = train_stargan(_tiny(resume=True), data, tmp_path / "cut", progress=False)
+    resumed = train_stargan(_tiny(resume=True), data, tmp_path / "cut")
     assert (resumed.start_iteration, resumed.iterations) == (4, 6)
     assert resumed.checkpoints == [2, 4, 6]
     for net in ("G", "D"):
@@ -86,13 +87,13 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path: Path)
     assert len(straight_rows) == len(resumed_rows)
 
     # Already at the requested count: resuming again does nothing and reports it.
-    again = train_stargan(_tiny(resume=True), data, tmp_path / "cut", progress=False)
+    again = train_stargan(_tiny(resume=True), data, tmp_path / "cut")
     assert (again.start_iteration, again.iterations) == (6, 6)
 
 
 def test_checkpoints_are_safe_to_load_and_official_shaped(tmp_path: Path) -> None:
     result = train_stargan(_tiny(num_iters=4, with_neutral=True), _faces(classes=STARGAN_AUTHORS_ORDER),
-                           tmp_path, progress=False)
+                           tmp_path)
     models = tmp_path / "models"
     assert sorted(p.name for p in models.iterdir()) == [
         "2-D.ckpt", "2-D.safetensors", "2-G.ckpt", "2-G.safetensors",
@@ -116,7 +117,7 @@ def test_checkpoints_are_safe_to_load_and_official_shaped(tmp_path: Path) -> Non
 
 def test_losses_csv_records_the_linear_learning_rate_decay(tmp_path: Path) -> None:
     config = _tiny(num_iters=6, num_iters_decay=4, checkpoint_format="safetensors")
-    result = train_stargan(config, _faces(), tmp_path, progress=False)
+    result = train_stargan(config, _faces(), tmp_path)
     with open(result.losses_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["g_lr"]) for r in rows] == pytest.approx([1e-4, 1e-4, 1e-4, 7.5e-5, 5e-5, 2.5e-5])
@@ -207,7 +208,7 @@ def short_run_statistics(seed: int, workdir: Path) -> dict[str, float]:
     G0, D0 = build_networks(config)  # exactly the networks the run starts from
     before = _translation_accuracy(G0, lambda x: D0(x)[1], test_x, test_y)
 
-    result = train_stargan(config, _procedural_faces(40, seed=0), workdir, progress=False)
+    result = train_stargan(config, _procedural_faces(40, seed=0), workdir)
     G, _ = load_stargan_generator(result.generator)
     D, _ = load_stargan_discriminator(result.discriminator)
     with torch.no_grad():
@@ -277,7 +278,7 @@ def test_translations_fool_an_independent_expression_classifier(tmp_path: Path) 
                                 device="cpu", checkpoint_format="safetensors", seed=0)
     G0, _ = build_networks(config)
     before = _translation_accuracy(G0, judge, test_x, test_y)
-    result = train_stargan(config, _procedural_faces(40, seed=0), tmp_path, progress=False)
+    result = train_stargan(config, _procedural_faces(40, seed=0), tmp_path)
     G, _ = load_stargan_generator(result.generator)
     after = _translation_accuracy(G, judge, test_x, test_y)
     assert before < 0.3, before

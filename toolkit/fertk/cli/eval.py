@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -43,10 +44,10 @@ def eval_command(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Accuracy, confusion matrices, per-class precision/recall/F1 and macro-F1 per test set (JSON, CSV, PNG)."""
-    from rich.markup import escape
-
+    from fertk.cli.progress import progress_display
     from fertk.core.emotions import parse_emotions
-    from fertk.evaluate import DatasetOptions, evaluate_paths
+    from fertk.data.options import DatasetOptions
+    from fertk.evaluate import evaluate_paths
 
     datasets = list(datasets or [])
     if judge is not None:
@@ -55,13 +56,25 @@ def eval_command(
     elif not datasets:
         raise typer.BadParameter("give the model and at least one test dataset: fertk eval MODEL DATASET")
     target = out_dir or (Path(f"reports-{Path(judge).stem or 'judge'}") if judge else default_eval_dir(model))
-    run = evaluate_paths(
-        model, datasets,
-        options=DatasetOptions(layout=layout, detect=detect, subject_pattern=subject_pattern, strict=strict),
-        out_dir=target, backend=backend, device=device, variant=variant,
-        classes=parse_emotions(classes) if classes else None, progress=not no_progress, batch_size=batch,
-        judge=judge)
-    for report in run.reports:
+    with progress_display("evaluating", enabled=not no_progress) as progress:
+        run = evaluate_paths(
+            model, datasets,
+            options=DatasetOptions(layout=layout, detect=detect, subject_pattern=subject_pattern, strict=strict),
+            out_dir=target, backend=backend, device=device, variant=variant,
+            classes=parse_emotions(classes) if classes else None, progress=progress, batch_size=batch,
+            judge=judge)
+    print_warnings(run.reports)
+    if json_output:
+        print_json(run.to_dict())
+        return
+    print_table(run, target)
+
+
+def print_warnings(reports: list[Any]) -> None:
+    """Skipped images and test sets lacking classes, on stderr."""
+    from rich.markup import escape
+
+    for report in reports:
         if report.info.get("unreadable"):
             err.print(f"{report.name}: skipped {report.info['unreadable']} unreadable image(s) "
                       "(use --strict to stop on them)", highlight=False)
@@ -70,9 +83,10 @@ def eval_command(
                       highlight=False)
         if report.absent_warning():
             err.print(f"[yellow]warning:[/] {escape(report.absent_warning())}", highlight=False)
-    if json_output:
-        print_json(run.to_dict())
-        return
+
+
+def print_table(run: Any, target: Path) -> None:
+    """One row per test set, the model and the report folder, on stdout."""
     from rich.table import Table
 
     table = Table("test set", "n", "accuracy", "macro-F1", "mean recall", "not scored")

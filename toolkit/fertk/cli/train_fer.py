@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.progress import progress_display
 from fertk.cli.train import train_app
+from fertk.core.emotions import parse_emotions
 
 
 def parse_sizes(text: str | None) -> tuple[float, ...] | None:
@@ -45,35 +48,31 @@ def train_fer_command(
     subject_pattern: str | None = typer.Option(None, "--subject-pattern", help="Folder layout: regex on the file "
                                                                               "name whose group is the subject id."),
     strict: bool = typer.Option(False, "--strict", help="Stop on an unreadable image instead of skipping it."),
-    allow_missing_classes: bool = typer.Option(
-        False, "--allow-missing-classes",
-        help="Train even when the training data has no sample of some class (an error otherwise)."),
+    allow_missing_classes: bool = typer.Option(False, "--allow-missing-classes", help="Train even when the training "
+                                               "data has no sample of some class (an error otherwise)."),
     variant: str = typer.Option("paper", "--variant", help="CNN variant: paper ('same' padding) or authors-code."),
     epochs: int = typer.Option(100, "--epochs", help="Maximum epochs (early stopping usually ends sooner)."),
     batch: int = typer.Option(64, "--batch", help="Batch size."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
-    patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a lower val loss "
-                                                       "(0: never)."),
+    patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a lower val loss (0: never)."),
     min_epochs: int = typer.Option(0, "--min-epochs", help="Never stop early before this epoch."),
-    plateau_restarts: int = typer.Option(
-        0, "--plateau-restarts", min=0,
-        help="Re-initialise a run still predicting uniformly (val loss ≈ ln K) after --plateau-steps steps, "
-             "at most this many times (0: the paper's rule, never)."),
+    plateau_restarts: int = typer.Option(0, "--plateau-restarts", min=0, help="Re-initialise a run still predicting "
+                                         "uniformly (val loss ≈ ln K) after --plateau-steps steps, at most this many "
+                                         "times (0: the paper's rule, never)."),
     plateau_steps: int = typer.Option(400, "--plateau-steps", min=1, help="Optimiser steps on the plateau before a restart."),
     augment: bool = typer.Option(False, "--augment", help="Random flip + small affine (off in the paper)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling, dropout, augmentation."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
     out_dir: Path = typer.Option(Path("runs/fer"), "--out", "-o", help="Run directory."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out "
-                                                                   "(or start it over)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out (or start it over)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar on stderr."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Train the FER CNN (Adam, cross-entropy, early stopping, best epoch kept) and test it."""
-    from fertk.core.emotions import parse_emotions
-    from fertk.evaluate import DatasetOptions
-    from fertk.train.fer import FerTrainConfig, train_fer_from_paths
+    from fertk.data.options import DatasetOptions
+    from fertk.experiment.train_eval import train_fer_from_paths
+    from fertk.train.fer_config import FerTrainConfig
 
     class_list = parse_emotions(classes)
     config = FerTrainConfig(variant=variant, classes=class_list, epochs=epochs, batch_size=batch, lr=lr,
@@ -82,10 +81,20 @@ def train_fer_command(
                             plateau_steps=plateau_steps)
     read = DatasetOptions(layout=layout, classes=class_list, detect=detect, subject_pattern=subject_pattern,
                           strict=strict)
-    run = train_fer_from_paths(
-        datasets, config=config, run_dir=out_dir, read=read, val=val, test=test, split=parse_sizes(split),
-        split_manifest=split_manifest, split_seed=split_seed, val_fraction=val_fraction,
-        progress=not no_progress, resume=resume, allow_missing_classes=allow_missing_classes)
+    with progress_display("training", enabled=not no_progress) as progress:
+        run = train_fer_from_paths(
+            datasets, config=config, run_dir=out_dir, read=read, val=val, test=test, split=parse_sizes(split),
+            split_manifest=split_manifest, split_seed=split_seed, val_fraction=val_fraction,
+            progress=progress, resume=resume, allow_missing_classes=allow_missing_classes)
+    print_warnings(run)
+    if json_output:
+        print_json(run.to_dict())
+        return
+    print_summary(run, config.variant)
+
+
+def print_warnings(run: Any) -> None:
+    """Skipped images, classes trained without, test sets lacking classes: on stderr."""
     for dataset in run.datasets:
         if dataset.get("unreadable"):
             err.print(f"skipped {dataset['unreadable']} unreadable image(s) in {dataset['path']} "
@@ -100,12 +109,13 @@ def train_fer_command(
     for report in run.tests:
         if report.absent_warning():
             err.print(f"warning: test set {report.absent_warning()}", highlight=False)
-    if json_output:
-        print_json(run.to_dict())
-        return
+
+
+def print_summary(run: Any, variant: str) -> None:
+    """The human result: best epoch, model, split and one line per test set, on stdout."""
     training = run.training
     best = training.best
-    out.print(f"trained {config.variant} FER CNN on {training.data.get('train', {}).get('n', '?')} faces: "
+    out.print(f"trained {variant} FER CNN on {training.data.get('train', {}).get('n', '?')} faces: "
               f"best epoch {training.best_epoch} of {training.epochs_run} ({training.stop_reason}), "
               f"val_loss {best['val_loss']:.4f}, val_acc {best['val_acc']:.1%}", highlight=False)
     if training.restarts:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.progress import progress_display
 from fertk.cli.train import train_app
 
 
@@ -43,7 +44,8 @@ def train_stargan_command(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Train a StarGAN translator (WGAN-GP + domain + cycle losses) and print where its checkpoints are."""
-    from fertk.train.stargan import StarGANTrainConfig, load_training_faces, train_stargan
+    from fertk.train.stargan import load_training_faces, train_stargan
+    from fertk.train.stargan_config import StarGANTrainConfig
 
     config = StarGANTrainConfig(
         image_size=image_size, conv_dim=conv_dim, repeat_num=repeat_num, d_repeat_num=d_repeat_num,
@@ -53,9 +55,10 @@ def train_stargan_command(
         sample_every=sample_every, save_every=save_every, checkpoint_format=checkpoint_format,
         device=device, resume=resume,
     )
-    data = load_training_faces(dataset, config, procedural_identities=procedural_identities,
-                               layout=layout, detect=detect, progress=not no_progress)
-    result = train_stargan(config, data, out_dir, progress=not no_progress)
+    with progress_display("training StarGAN", enabled=not no_progress) as progress:
+        data = load_training_faces(dataset, config, procedural_identities=procedural_identities,
+                                   layout=layout, detect=detect, progress=progress)
+        result = train_stargan(config, data, out_dir, progress=progress)
     if json_output:
         print_json(result.to_dict())
         return

@@ -10,6 +10,7 @@ the umask; `honour_umask` gives the file the mode a plain ``open()`` would befor
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -132,6 +133,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     with atomic_target(path) as tmp:
         torch.save(obj, str(tmp))
     return Path(path)
+
+
+def save_figure(figure: Any, path: str | Path, *, dpi: int = 120) -> Path:
+    """Render a matplotlib Figure to PNG atomically (no pyplot, so no global backend state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def sha256_bytes(data: bytes | memoryview) -> str:

@@ -131,7 +131,7 @@ class ExperimentConfig:
 
     def train_config(self, seed: int, threads: int | None = None) -> Any:
         """The FerTrainConfig of one cell (the [train] table + runner-set seed, classes, threads)."""
-        from fertk.train.fer import FerTrainConfig
+        from fertk.train.fer_config import FerTrainConfig
 
         try:
             return FerTrainConfig.from_dict({**self.train, "seed": int(seed), "classes": list(self.classes),

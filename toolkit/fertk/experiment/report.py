@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fertk.core.io import atomic_write_text
-from fertk.evaluate import EvalReport, save_figure
+from fertk.core.io import atomic_write_text, save_figure
+from fertk.evaluate import EvalReport
 from fertk.experiment.config import ExperimentConfig
 from fertk.experiment.runner import DONE_FILE, METRICS_FILE, EventCallback, _emit
 from fertk.experiment.stats import mean_ci
@@ -79,7 +79,7 @@ def summarize(config: ExperimentConfig, metrics: Sequence[Mapping[str, Any]]) ->
 
 def on_plateau(metrics: Mapping[str, Any], num_classes: int) -> bool:
     """True when a cell's CNN never left its starting plateau: best validation loss ≈ ln K."""
-    from fertk.train.fer import PLATEAU_FRACTION
+    from fertk.train.fer_config import PLATEAU_FRACTION
 
     return bool(metrics["train"]["val_loss"] >= PLATEAU_FRACTION * math.log(num_classes))
 

@@ -215,7 +215,7 @@ def prepare_all(config: ExperimentConfig, *, on_event: EventCallback | None = No
 def _load_spec(spec: DatasetSpec, config: ExperimentConfig) -> FaceArrays:
     from fertk.data.datasets import load_arrays
     from fertk.data.preprocess import PreprocessConfig
-    from fertk.train.fer import concat_arrays
+    from fertk.data.convert import concat_arrays
 
     if "size" in spec.preprocess:
         raise InvalidInputError(f"{spec.name}: [preprocess] size is set by [train] input_size")
@@ -232,7 +232,7 @@ def _load_spec(spec: DatasetSpec, config: ExperimentConfig) -> FaceArrays:
 
 
 def _describe(arrays: FaceArrays, spec: DatasetSpec | None = None) -> dict[str, Any]:
-    from fertk.train.fer import summarize_arrays
+    from fertk.data.convert import summarize_arrays
 
     info = summarize_arrays(arrays)
     if spec is not None:
@@ -243,7 +243,7 @@ def _describe(arrays: FaceArrays, spec: DatasetSpec | None = None) -> dict[str, 
 def load_real(config: ExperimentConfig, *, on_event: EventCallback | None = None,
               info: list[dict[str, Any]] | None = None) -> FaceArrays:
     """The real database(s) as one FaceArrays (subjects qualified by database when there are several)."""
-    from fertk.train.fer import concat_arrays
+    from fertk.data.convert import concat_arrays
 
     reals = []
     for spec in config.real:
@@ -426,7 +426,7 @@ def shuffled_labels(arrays: FaceArrays, seed: int) -> FaceArrays:
 
 def _cell_part(data: ExperimentData, task: CellTask, pool: FaceArrays | None, part: str, classes: Sequence[str],
                size: int, *, real_only: bool = False) -> FaceArrays:
-    from fertk.train.fer import concat_arrays
+    from fertk.data.convert import concat_arrays
 
     pieces = []
     if len(task.real_index[part]):
@@ -442,7 +442,8 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
     """Train one cell from scratch (or resume it), evaluate it, and write its metrics and done marker."""
     from fertk.evaluate import evaluate
     from fertk.models.fer_cnn import load_fer_model
-    from fertk.train.fer import PLATEAU_FRACTION, FerTrainConfig, train_fer
+    from fertk.train.fer import train_fer
+    from fertk.train.fer_config import PLATEAU_FRACTION, FerTrainConfig
 
     started = time.perf_counter()
     (task.dir / "error.txt").unlink(missing_ok=True)  # from an earlier, failed attempt
@@ -460,7 +461,7 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
         tests["test_real"] = _cell_part(data, task, pool, "test", classes, size, real_only=True)
     tests.update(data.cross_db)
 
-    result = train_fer(train, val, config, task.dir / "train", progress=False, resume=True,
+    result = train_fer(train, val, config, task.dir / "train", resume=True,
                        data_info={"experiment_cell": task.cell.id, "repeat": task.repeat,
                                   "cell_fingerprint": task.fingerprint})
     model, _card = load_fer_model(result.model_path)

@@ -270,7 +270,7 @@ def worst_faces(p_intended: np.ndarray, pred: np.ndarray, labels: np.ndarray, cl
 def write_report(report: SynthReport, images: np.ndarray, out: str | Path) -> dict[str, str]:
     """Write the report's files into `out`; returns {kind: path}."""
     from fertk.core.io import atomic_write_text
-    from fertk.evaluate import save_figure
+    from fertk.core.io import save_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
