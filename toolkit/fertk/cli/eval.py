@@ -48,6 +48,7 @@ def eval_command(
     from fertk.core.emotions import parse_emotions
     from fertk.data.options import DatasetOptions
     from fertk.evaluate import evaluate_paths
+    from fertk.export import open_engine  # exports a module on the fly for --backend ort/trt
 
     datasets = list(datasets or [])
     if judge is not None:
@@ -62,7 +63,7 @@ def eval_command(
             options=DatasetOptions(layout=layout, detect=detect, subject_pattern=subject_pattern, strict=strict),
             out_dir=target, backend=backend, device=device, variant=variant,
             classes=parse_emotions(classes) if classes else None, progress=progress, batch_size=batch,
-            judge=judge)
+            judge=judge, opener=open_engine)
     print_warnings(run.reports)
     if json_output:
         print_json(run.to_dict())

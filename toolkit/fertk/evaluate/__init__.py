@@ -7,7 +7,7 @@ macro-F1; JSON + CSV + PNG reports; several test sets (in-database and cross-dat
   reports     write_report(s), figures, safe_name
 """
 
-from fertk.evaluate.classifier import (DEFAULT_BATCH, Classifier, classifier_classes, classifier_input_size,
+from fertk.evaluate.classifier import (DEFAULT_BATCH, Classifier, EngineOpener, classifier_classes, classifier_input_size,
                                        open_classifier, open_judge, predict_logits)
 from fertk.evaluate.metrics import ClassMetrics, EvalReport, class_metrics, confusion_matrix
 from fertk.evaluate.reports import (confusion_figure, per_class_figure, safe_name, unique_stems, write_report,
@@ -17,6 +17,6 @@ from fertk.evaluate.run import EvalRun, evaluate, evaluate_paths, evaluate_sets
 __all__ = [
     "DEFAULT_BATCH", "ClassMetrics", "Classifier", "EvalReport", "EvalRun", "class_metrics", "classifier_classes",
     "classifier_input_size", "confusion_figure", "confusion_matrix", "evaluate", "evaluate_paths",
-    "evaluate_sets", "open_classifier", "open_judge", "per_class_figure", "predict_logits", "safe_name",
+    "EngineOpener", "evaluate_sets", "open_classifier", "open_judge", "per_class_figure", "predict_logits", "safe_name",
     "unique_stems", "write_report", "write_reports",
 ]

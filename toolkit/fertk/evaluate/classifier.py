@@ -10,7 +10,7 @@ PyTorch reference and an exported engine go through one code path.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,19 @@ from fertk.core.devices import resolve_device
 from fertk.core.errors import CheckpointError, InvalidInputError
 from fertk.core.specs import TensorSpec, specs_from_dicts
 from fertk.data.options import canonical_class
-from fertk.engines import open_engine
+from fertk.engines import Engine, open_engine
 from fertk.models.fer_cnn import card_path_for, load_fer_model
 from fertk.models.judges import judge_io, load_judge
 from fertk.models.weights import STATE_DICT_SUFFIXES
 
 DEFAULT_BATCH = 256
+
+
+# How a model becomes an engine. evaluate sits beside export, so it cannot turn a module into an
+# ONNX graph itself: the default opens built graphs only (a module on torch, an .onnx on ort, an
+# .engine on trt); callers above both layers (cli, experiment, synth) pass `fertk.export.open_engine`,
+# which also exports a module on the fly for ort/trt and opens artifact directories.
+EngineOpener = Callable[..., Engine]
 
 
 @dataclass
@@ -138,7 +145,7 @@ def engine_logits(engine: Any, faces: np.ndarray, batch_size: int) -> np.ndarray
     return np.concatenate(chunks)
 
 
-def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "cpu",
+def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "cpu", opener: EngineOpener = open_engine,
                     variant: str | None = None, classes: Sequence[str] | None = None) -> Classifier:
     """Open a FER CNN from a run directory / .safetensors (PyTorch, or exported on the fly for
     backend ort/trt) or an exported artifact directory / .onnx (through `fertk.engines`).
@@ -153,16 +160,18 @@ def open_classifier(path: str | Path, *, backend: str = "torch", device: str = "
                               hint="pass a training run directory, a model.safetensors or an exported artifact")
     weights = path / "model.safetensors" if path.is_dir() else path
     if weights.suffix in STATE_DICT_SUFFIXES and weights.is_file():
-        return open_weights(weights, backend=backend, device=device, variant=variant, classes=want_classes)
+        return open_weights(weights, backend=backend, device=device, variant=variant, classes=want_classes,
+                            opener=opener)
     if path.is_dir() and (path / "card.json").is_file() or path.suffix == ".onnx":
-        return open_exported(path, backend=backend, device=device, variant=variant, classes=want_classes)
+        return open_exported(path, backend=backend, device=device, variant=variant, classes=want_classes,
+                             opener=opener)
     raise CheckpointError(f"{path} is not a FER model: expected a run directory with model.safetensors, "
                           "a .safetensors (or .pt / .ckpt state dict) file, an exported artifact directory "
                           "or an .onnx file")
 
 
 def open_weights(weights: Path, *, backend: str, device: str, variant: str | None,
-                 classes: tuple[str, ...] | None) -> Classifier:
+                 classes: tuple[str, ...] | None, opener: EngineOpener = open_engine) -> Classifier:
     """A FER CNN state dict (+ card) as an engine: torch, or exported on the fly for ort/trt."""
     model, card = load_fer_model(weights, variant=variant, classes=classes)
     card_dict = card.to_dict()
@@ -172,7 +181,7 @@ def open_weights(weights: Path, *, backend: str, device: str, variant: str | Non
         engine_device: str | None = resolve_device(device)
     else:
         engine_device = None if device == "cpu" and backend in ("trt", "auto") else device
-    runner = open_engine(model, backend=backend, device=engine_device,
+    runner = opener(model, backend=backend, device=engine_device,
                          input_specs=specs_from_dicts(card.inputs), output_specs=specs_from_dicts(card.outputs))
     used = getattr(runner, "backend", backend)
     return Classifier(runner, tuple(model.config.classes), int(model.config.input_size), str(weights), used, card_dict)
@@ -195,7 +204,7 @@ def read_artifact_card(path: Path) -> dict[str, Any]:
 
 
 def open_exported(path: Path, *, backend: str, device: str, variant: str | None,
-                  classes: tuple[str, ...] | None) -> Classifier:
+                  classes: tuple[str, ...] | None, opener: EngineOpener = open_engine) -> Classifier:
     """An exported FER CNN through the engine layer; its card gives the classes and input side."""
     card = read_artifact_card(path)
     config = dict(card.get("config", {}))
@@ -208,25 +217,25 @@ def open_exported(path: Path, *, backend: str, device: str, variant: str | None,
         raise CheckpointError(f"{path} is a {config.get('variant')!r} FER CNN, expected {variant!r}")
     if classes is not None and tuple(declared) != classes:
         raise CheckpointError(f"{path} predicts classes {list(declared)}, expected {list(classes)}")
-    engine = open_engine(path, backend="auto" if backend == "torch" else backend,
+    engine = opener(path, backend="auto" if backend == "torch" else backend,
                          device=None if device == "cpu" and backend in ("torch", "auto") else device)
     size = int(config.get("input_size") or classifier_input_size(engine))
     return Classifier(engine, tuple(declared), size, str(path), getattr(engine, "backend", backend), card)
 
 
 def open_judge(spec: str | Path, *, backend: str = "torch", device: str = "cpu",
-               card: str | Path | None = None) -> Classifier:
+               card: str | Path | None = None, opener: EngineOpener = open_engine) -> Classifier:
     """A judge (`fertk.models.judges`: alias, Keras .h5, .onnx + card, fertk run) as a Classifier:
     it takes faces in [0, 1] and returns logits like the FER CNN, its card's classes by name."""
     judge = load_judge(spec, card=card)
     describe = {**judge.model_card().to_dict(), "judge": judge.describe()}
     inputs, outputs = judge_io(judge.card)
     if judge.module is not None:
-        runner = open_engine(judge.module, backend=backend, device=device,
+        runner = opener(judge.module, backend=backend, device=device,
                              input_specs=specs_from_dicts(inputs), output_specs=specs_from_dicts(outputs))
         used = getattr(runner, "backend", backend)
     else:
-        runner = open_engine(judge.onnx_path, backend="trt" if backend == "trt" else "ort",
+        runner = opener(judge.onnx_path, backend="trt" if backend == "trt" else "ort",
                              device=None if device == "cpu" else device,
                              input_specs=specs_from_dicts(inputs), output_specs=specs_from_dicts(outputs))
         used = getattr(runner, "backend", "ort")

@@ -19,7 +19,8 @@ from fertk.core.progress import Progress, emit
 from fertk.data.convert import faces_to_gray, map_labels
 from fertk.data.options import DatasetOptions, arrays_name, dataset_info, dataset_name
 from fertk.data.records import FaceArrays
-from fertk.evaluate.classifier import (DEFAULT_BATCH, Classifier, classifier_classes, classifier_input_size,
+from fertk.engines import open_engine
+from fertk.evaluate.classifier import (DEFAULT_BATCH, Classifier, EngineOpener, classifier_classes, classifier_input_size,
                                        open_classifier, open_judge, predict_logits)
 from fertk.evaluate.metrics import EvalReport, confusion_matrix
 from fertk.evaluate.reports import unique_stems, write_reports
@@ -82,15 +83,18 @@ def evaluate_paths(model_path: str | Path, datasets: Sequence[str | Path], *,
                    options: DatasetOptions | None = None, out_dir: str | Path | None = None,
                    backend: str = "torch", device: str = "cpu", variant: str | None = None,
                    classes: Sequence[str] | None = None, progress: Progress | None = None,
-                   batch_size: int = DEFAULT_BATCH, judge: str | Path | None = None) -> EvalRun:
+                   batch_size: int = DEFAULT_BATCH, judge: str | Path | None = None,
+                   opener: EngineOpener = open_engine) -> EvalRun:
     """`fertk eval`: open the model (or `judge`, then model_path is unused), read each dataset with
-    the model's classes, score, write reports; `progress` gets a "scored" event per test set."""
+    the model's classes, score, write reports; `progress` gets a "scored" event per test set; `opener`
+    turns the model into an engine (pass `fertk.export.open_engine` to export a module for ort/trt)."""
     if not datasets:
         raise InvalidInputError("no test dataset given", hint="fertk eval MODEL DATASET [DATASET ...]")
     if judge is not None:
-        classifier = open_judge(judge, backend=backend, device=device)
+        classifier = open_judge(judge, backend=backend, device=device, opener=opener)
     else:
-        classifier = open_classifier(model_path, backend=backend, device=device, variant=variant, classes=classes)
+        classifier = open_classifier(model_path, backend=backend, device=device, variant=variant, classes=classes,
+                                     opener=opener)
     try:
         read = (options or DatasetOptions()).with_classes(classifier.classes)
         names = unique_stems([dataset_name(p) for p in datasets])
