@@ -9,8 +9,7 @@ from typing import Any
 
 import typer
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JSON_OPTION, err, out, print_json
 from fertk.core.errors import DatasetError, InvalidInputError
 
 
@@ -97,7 +96,6 @@ def _list(root: str | None, json_output: bool) -> None:
     out.print(table)
 
 
-@app.command("export")
 def export(
     model: str = typer.Argument(None, help="Registry name (fer-cnn, stargan, stylegan2, procedural, pipeline) "
                                            "or a path to an .onnx file."),
