@@ -77,7 +77,7 @@ def plan_cells(config: ExperimentConfig) -> list[Cell]:
     return cells
 
 
-def natural_key(text: str) -> tuple[Any, ...]:
+def _natural_key(text: str) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
@@ -107,7 +107,7 @@ def draw_units(identities: Sequence[str], sizes: dict[str, int], count: int, see
         block = chosen[u * per_unit:(u + 1) * per_unit]
         start, unit = 0, {}
         for part in ("train", "val", "test"):
-            unit[part] = sorted(block[start:start + sizes[part]], key=natural_key)
+            unit[part] = sorted(block[start:start + sizes[part]], key=_natural_key)
             start += sizes[part]
         units.append(unit)
     return units
@@ -127,7 +127,7 @@ def plan_repeat(config: ExperimentConfig, data: ExperimentData, repeat: int) -> 
     for spec in config.synthetic:
         pool = data.pools[spec.name]
         if id(pool) not in by_pool:
-            identities = sorted({str(s) for s in pool.subjects}, key=natural_key)
+            identities = sorted({str(s) for s in pool.subjects}, key=_natural_key)
             by_pool[id(pool)] = draw_units(identities, sizes, count, units_seed) if count else []
         units[spec.name] = by_pool[id(pool)]
     shuffle = {s.name: derive_seed(config.seed, "shuffle", s.name, repeat) if s.shuffle_labels else None
@@ -136,6 +136,7 @@ def plan_repeat(config: ExperimentConfig, data: ExperimentData, repeat: int) -> 
 
 
 def units_manifest(spec: DatasetSpec, plan: RepeatPlan) -> dict[str, Any]:
+    """The JSON a run keeps of one synthetic set's units in one repeat (splits/<set>-r<R>.json)."""
     return {"format": UNITS_FORMAT, "version": 1, "synthetic": spec.name, "path": spec.path,
             "repeat": plan.repeat, "seed": plan.units_seed, "unit_sizes": plan.split.sizes,
             "shuffle_labels": spec.shuffle_labels, "shuffle_seed": plan.shuffle_seeds[spec.name],
@@ -162,7 +163,7 @@ class CellTask:
         return Path(self.run_dir) / "cells" / self.cell.id / f"r{self.repeat}"
 
 
-def rows_of(arrays: FaceArrays, subjects: Sequence[str]) -> np.ndarray:
+def _rows_of(arrays: FaceArrays, subjects: Sequence[str]) -> np.ndarray:
     return np.flatnonzero(np.isin(np.asarray(arrays.subjects, dtype=str), np.asarray(list(subjects), dtype=str)))
 
 
@@ -182,7 +183,7 @@ def make_task(config: ExperimentConfig, data: ExperimentData, plan: RepeatPlan, 
         units = plan.units[cell.synthetic][:cell.k]
         identities = {p: [i for unit in units for i in unit[p]] for p in parts}
         pool = data.pools[cell.synthetic]
-        synth_index = {p: rows_of(pool, identities[p]) for p in parts}
+        synth_index = {p: _rows_of(pool, identities[p]) for p in parts}
         shuffle_seed = plan.shuffle_seeds[cell.synthetic]
         spec = next(s for s in config.synthetic if s.name == cell.synthetic)
         description["synthetic"] = {"name": spec.name, "path": spec.path, "units": cell.k,
@@ -193,16 +194,16 @@ def make_task(config: ExperimentConfig, data: ExperimentData, plan: RepeatPlan, 
     description["train"] = {k: v for k, v in train.items() if k not in ("threads", "device")}
     description["counts"] = {p: int(len(real_index[p]) + len(synth_index[p])) for p in parts}
     description["datasets"] = {
-        "real": [spec_key(s) for s in config.real] if cell.kind != "synthetic" else [],
-        "synthetic": [spec_key(s) for s in config.synthetic if s.name == cell.synthetic],
-        "cross_db": [spec_key(s) for s in config.cross_db],
+        "real": [_spec_key(s) for s in config.real] if cell.kind != "synthetic" else [],
+        "synthetic": [_spec_key(s) for s in config.synthetic if s.name == cell.synthetic],
+        "cross_db": [_spec_key(s) for s in config.cross_db],
     }
     fingerprint = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
     return CellTask(cell, plan.repeat, str(run_dir), train, real_index, synth_index, shuffle_seed, fingerprint,
                     description)
 
 
-def spec_key(spec: DatasetSpec) -> dict[str, Any]:
+def _spec_key(spec: DatasetSpec) -> dict[str, Any]:
     return {"name": spec.name, "path": spec.path, "layout": spec.layout, "options": spec.options,
             "preprocess": spec.preprocess, "shuffle_labels": spec.shuffle_labels}
 

@@ -30,7 +30,7 @@ class ExperimentData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def synth_identities(path: str) -> int | None:
+def _synth_identities(path: str) -> int | None:
     """Identities of an existing `fertk synth` dataset, or None."""
     if not is_synth_dataset(path):
         return None
@@ -72,7 +72,7 @@ def prepare_data(config: ExperimentConfig, *, groups: Sequence[str] = ("real", "
         made[spec.path] = spec.generate
         n = spec.generate.get("n")
         if n is None:
-            n = synth_identities(spec.path)
+            n = _synth_identities(spec.path)
         if n is None:
             if unit_identities is None:
                 raise InvalidInputError(f"{spec.name}: [generate] has no n and the real split is not known yet")
@@ -91,7 +91,7 @@ def prepare_all(config: ExperimentConfig, *, progress: Progress | None = None,
     return real
 
 
-def load_spec(spec: DatasetSpec, config: ExperimentConfig) -> FaceArrays:
+def _load_spec(spec: DatasetSpec, config: ExperimentConfig) -> FaceArrays:
 
     if "size" in spec.preprocess:
         raise InvalidInputError(f"{spec.name}: [preprocess] size is set by [train] input_size")
@@ -107,7 +107,7 @@ def load_spec(spec: DatasetSpec, config: ExperimentConfig) -> FaceArrays:
     return concat_arrays([arrays], config.classes, config.input_size)
 
 
-def describe(arrays: FaceArrays, spec: DatasetSpec | None = None) -> dict[str, Any]:
+def _describe(arrays: FaceArrays, spec: DatasetSpec | None = None) -> dict[str, Any]:
 
     info = summarize_arrays(arrays)
     if spec is not None:
@@ -120,14 +120,14 @@ def load_real(config: ExperimentConfig, *, progress: Progress | None = None,
     """The real database(s) as one FaceArrays (subjects qualified by database when there are several)."""
     reals = []
     for spec in config.real:
-        arrays = load_spec(spec, config)
+        arrays = _load_spec(spec, config)
         if len(config.real) > 1:
             # Subjects are qualified by database so equal ids of two databases stay two people.
             arrays = FaceArrays(arrays.images, arrays.labels, arrays.classes, arrays.subjects,
                                 np.char.add(f"{spec.name}:", np.asarray(arrays.sources, dtype=str)),
                                 arrays.keys, arrays.meta)
         reals.append(arrays)
-        described = describe(arrays, spec)
+        described = _describe(arrays, spec)
         if info is not None:
             info.append(described)
         emit(progress, "load", f"real {spec.name}: {len(arrays)} faces, {described['subjects']} subjects")
@@ -141,20 +141,20 @@ def load_data(config: ExperimentConfig, *, real: FaceArrays | None = None,
     if real is None:
         real = load_real(config, progress=progress, info=info["real"])
     else:
-        info["real"] = [describe(real)]
+        info["real"] = [_describe(real)]
     pools: dict[str, FaceArrays] = {}
     by_path: dict[str, FaceArrays] = {}
     for spec in config.synthetic:
         if spec.path not in by_path:
-            by_path[spec.path] = load_spec(spec, config)
+            by_path[spec.path] = _load_spec(spec, config)
         pools[spec.name] = by_path[spec.path]
-        info["synthetic"].append({**describe(pools[spec.name], spec), "shuffle_labels": spec.shuffle_labels})
+        info["synthetic"].append({**_describe(pools[spec.name], spec), "shuffle_labels": spec.shuffle_labels})
         emit(progress, "load", f"synthetic {spec.name}: {len(pools[spec.name])} faces, "
                                 f"{info['synthetic'][-1]['subjects']} identities"
                                 + (" (labels shuffled: the control)" if spec.shuffle_labels else ""))
     cross_db = {}
     for spec in config.cross_db:
-        cross_db[spec.name] = load_spec(spec, config)
-        info["cross_db"].append(describe(cross_db[spec.name], spec))
+        cross_db[spec.name] = _load_spec(spec, config)
+        info["cross_db"].append(_describe(cross_db[spec.name], spec))
         emit(progress, "load", f"cross-db {spec.name}: {len(cross_db[spec.name])} faces")
     return ExperimentData(real, pools, cross_db, info)

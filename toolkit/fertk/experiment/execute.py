@@ -19,7 +19,7 @@ from fertk.models.fer_cnn import load_fer_model
 from fertk.train.fer import PLATEAU_FRACTION, FerTrainConfig, concat_arrays, train_fer
 
 
-def cell_part(data: ExperimentData, task: CellTask, pool: FaceArrays | None, part: str, classes: Sequence[str],
+def _cell_part(data: ExperimentData, task: CellTask, pool: FaceArrays | None, part: str, classes: Sequence[str],
                size: int, *, real_only: bool = False) -> FaceArrays:
 
     pieces = []
@@ -43,11 +43,11 @@ def execute_cell(task: CellTask, data: ExperimentData) -> dict[str, Any]:
         pool = data.pools[task.cell.synthetic]
         if task.shuffle_seed is not None:
             pool = shuffled_labels(pool, task.shuffle_seed)
-    train = cell_part(data, task, pool, "train", classes, size)
-    val = cell_part(data, task, pool, "val", classes, size)
-    tests = {"test": cell_part(data, task, pool, "test", classes, size)}
+    train = _cell_part(data, task, pool, "train", classes, size)
+    val = _cell_part(data, task, pool, "val", classes, size)
+    tests = {"test": _cell_part(data, task, pool, "test", classes, size)}
     if task.cell.kind == "mix":
-        tests["test_real"] = cell_part(data, task, pool, "test", classes, size, real_only=True)
+        tests["test_real"] = _cell_part(data, task, pool, "test", classes, size, real_only=True)
     tests.update(data.cross_db)
 
     result = train_fer(train, val, config, task.dir / "train", progress=False, resume=True,
