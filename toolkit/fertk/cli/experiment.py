@@ -75,7 +75,8 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per cell (default: cores / jobs)."),
     force: bool = typer.Option(False, "--force", help="Redo cells whose settings changed since they finished."),
     distributor: str = typer.Option("local", "--distributor", help="Where cells run: local (--jobs processes) or "
-                                                                   "ray (Ray tasks; pip install 'fertk\\[ray]')."),
+                                                                   "ray (Ray tasks of --threads CPUs each, as many at "
+                                                                   "once as the cluster fits; pip install 'fertk\\[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --distributor ray: auto or HOST:PORT "
                                                                           "of a running cluster (default: a local Ray)."),
     json_output: JsonOutput = False,

@@ -3,8 +3,9 @@
 Every distributor takes the cells still to do and reports each one, as it ends, to `finished`
 on the driver (a status dict: {"status": "done", "metrics": ...} or {"status": "failed",
 "error": ...}); a failed cell never stops the others. The cell itself writes its directory
-(metrics, done marker last), so resume works the same whichever distributor ran it — on a Ray
-cluster the run directory must be a path every node sees.
+(metrics, done marker last), so resume works the same whichever distributor ran it. On a Ray
+cluster the run directory must be a path every node sees and every node needs the same fertk;
+the datasets travel once per node through Ray's object store.
 """
 
 from __future__ import annotations
