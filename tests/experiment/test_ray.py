@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ import fertk
 from fertk.cli import app
 from fertk.core.errors import BackendUnavailableError
 from fertk.experiment import load_config, run_experiment
+from fertk.experiment.distribute import cell_resources
 
 TOOLKIT = Path(fertk.__file__).resolve().parents[1]
 
@@ -60,6 +62,17 @@ def test_ray_cells_match_one_process_and_resume(small_config, local_ray, tmp_pat
     assert {p: p.stat().st_mtime_ns for p in done if p.exists() and "real" not in str(p)} == \
         {p: t for p, t in done.items() if "real" not in str(p)}  # finished cells untouched
     assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")
+
+
+def test_a_cell_asks_ray_for_its_threads_and_a_gpu_when_it_trains_on_cuda() -> None:
+    def task(device: str | None) -> SimpleNamespace:
+        return SimpleNamespace(train_config={"device": device})
+
+    assert cell_resources(task("cpu"), 3, cluster_gpus=8) == {"num_cpus": 3.0, "num_gpus": 0.0}
+    assert cell_resources(task("cuda:1"), None, cluster_gpus=0) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert cell_resources(task("auto"), 2, cluster_gpus=0)["num_gpus"] == 0.0   # auto on a CPU cluster: cpu
+    assert cell_resources(task("auto"), 2, cluster_gpus=4)["num_gpus"] == 1.0
+    assert cell_resources(task(None), 1, cluster_gpus=1)["num_gpus"] == 1.0     # unset is auto
 
 
 def test_without_ray_the_error_names_the_extra(small_config, monkeypatch: pytest.MonkeyPatch) -> None:

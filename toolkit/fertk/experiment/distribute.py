@@ -141,6 +141,8 @@ def _ray_cell(task: CellTask, data: ExperimentData, threads: int | None) -> dict
 def run_ray(todo: Sequence[CellTask], data: ExperimentData, how: Distribution, *, started: Started,
             finished: Finished) -> None:
     """The cells as Ray tasks (the data put once in the object store); a free worker takes the next."""
+    if not todo:  # every cell finished earlier: no cluster needed
+        return
     ray = require("ray", extra="ray", purpose="--distributor ray")
     joined_here = not ray.is_initialized()
     if joined_here:
@@ -156,14 +158,25 @@ def run_ray(todo: Sequence[CellTask], data: ExperimentData, how: Distribution, *
         for task in todo:
             refs[remote.options(**cell_resources(task, threads, gpus)).remote(task, data_ref, threads)] = task
             started(task, True)
-        pending = list(refs)
+        _collect(ray, refs, finished)
+    finally:
+        if joined_here:
+            ray.shutdown()
+
+
+def _collect(ray: Any, refs: dict[Any, CellTask], finished: Finished) -> None:
+    """Report each cell as it ends, in the order they end; interrupted, the cells not ended are cancelled."""
+    pending = list(refs)
+    try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
                 finished(refs[ref], _ray_outcome(ray, ref, refs[ref]))
-    finally:
-        if joined_here:
-            ray.shutdown()
+    except BaseException:
+        # Like the process pool: the cells cancelled here have no done marker and the next run resumes them.
+        for ref in pending:
+            ray.cancel(ref)
+        raise
 
 
 def _ray_outcome(ray: Any, ref: Any, task: CellTask) -> dict[str, Any]:
