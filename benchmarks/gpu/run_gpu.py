@@ -371,7 +371,8 @@ def bench_args(run: Run, stage: str) -> list[str]:
     }[stage]
 
 
-ROW_LINE = re.compile(r"^\[(?P<model>[^\]]+)\] (?P<backend>\S+) (?P<precision>\S+) batch (?P<batch>\d+|None): "
+# A `row` progress event as `fertk bench` prints it ("row " is the event's kind; older runs had none).
+ROW_LINE = re.compile(r"^(?:row )?\[(?P<model>[^\]]+)\] (?P<backend>\S+) (?P<precision>\S+) batch (?P<batch>\d+|None): "
                       r"(?:(?P<items>[0-9.]+) (?P<unit>\w+)/s(?:, p50 (?P<p50>[0-9.]+) ms)?|(?P<status>skipped|error): "
                       r"(?P<reason>.*))$")
 
@@ -700,31 +701,18 @@ def make_plots(run: Run, data: dict[str, Any]) -> list[Path]:
 
     made = []
     rows = [r for r in all_bench_rows(run.results) if r.get("status") == "ok" and r.get("items_per_s") and r.get("batch")]
-    models = sorted({r["model"] for r in rows})
-    if models:
-        cols = min(3, len(models))
-        nrows = -(-len(models) // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(5.4 * cols, 3.9 * nrows), squeeze=False)
-        for ax, model in zip(axes.flat, models):
-            series: dict[str, list[tuple[int, float]]] = {}
-            for r in rows:
-                if r["model"] == model:
-                    series.setdefault(f"{r['backend']} {r['precision']}", []).append((r["batch"], r["items_per_s"]))
-            for label, points in sorted(series.items()):
-                points.sort()
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(model, fontsize=9)
-            ax.set_xlabel("batch")
-            ax.set_ylabel(f"{rows[[r['model'] for r in rows].index(model)].get('unit', 'item')}s / s")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6)
-        for ax in list(axes.flat)[len(models):]:
-            ax.axis("off")
-        fig.suptitle(f"fertk GPU run {run.stem}: bench throughput", fontsize=9)
-        fig.tight_layout()
-        made.append(_save(fig, run.out / f"{run.stem}-bench.png", plt))
+    if rows:
+        try:
+            made.append(bench_figure(run, rows, run.out / f"{run.stem}-bench.png"))
+        except (OSError, subprocess.SubprocessError) as exc:  # the other figures still get drawn
+            tail = getattr(exc, "stderr", "") or ""
+            data["bench_plot_error"] = (f"{type(exc).__name__}: {exc} {tail[-300:]}")[:500]
+    made += synth_figure(run, plt) + stages_figure(run, data["stages"], plt)
+    return made
+
+
+def synth_figure(run: Run, plt: Any) -> list[Path]:
+    """<stem>-synth.png: faces/s end to end and in the engine alone, and where each synth run's time went."""
     synth_runs = {}
     for name in ("synth-procedural", "synth-gan"):
         res = run.results.get(name)
@@ -754,8 +742,12 @@ def make_plots(run: Run, data: dict[str, Any]) -> list[Path]:
         ax2.set_title("where the time goes", fontsize=9)
         ax2.legend(fontsize=7)
         fig.tight_layout()
-        made.append(_save(fig, run.out / f"{run.stem}-synth.png", plt))
-    stages = data["stages"]
+        return [_save(fig, run.out / f"{run.stem}-synth.png", plt)]
+    return []
+
+
+def stages_figure(run: Run, stages: list[dict[str, Any]], plt: Any) -> list[Path]:
+    """<stem>-stages.png: each stage's seconds against its limit, and the budget."""
     if stages:
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(stages) + 1.2))
         colours = {"ok": "tab:green", "partial": "tab:olive", "timeout": "tab:orange", "failed": "tab:red",
@@ -771,8 +763,25 @@ def make_plots(run: Run, data: dict[str, Any]) -> list[Path]:
         ax.invert_yaxis()
         ax.set_xlabel("seconds (box: the stage's limit; red line: the budget)")
         fig.tight_layout()
-        made.append(_save(fig, run.out / f"{run.stem}-stages.png", plt))
-    return made
+        return [_save(fig, run.out / f"{run.stem}-stages.png", plt)]
+    return []
+
+
+# The bench figure is fertk's own (fertk.bench.report.plot_rows, as `fertk bench --out` draws it),
+# drawn in the fertk interpreter: this driver imports only the standard library.
+PLOT_BENCH = ("import json, sys\n"
+              "from fertk.bench.report import plot_rows\n"
+              "from fertk.bench.results import BenchRow\n"
+              "rows, path, title = json.load(sys.stdin)\n"
+              "plot_rows([BenchRow.from_dict(r) for r in rows], path, title)\n")
+
+
+def bench_figure(run: Run, rows: list[dict[str, Any]], path: Path) -> Path:
+    """<stem>-bench.png: throughput per batch of every measured bench row, one panel per model."""
+    title = f"fertk GPU run {run.stem}: bench throughput"
+    subprocess.run([run.python, "-c", PLOT_BENCH], input=json.dumps([rows, str(path), title], default=str),
+                   text=True, capture_output=True, timeout=120, check=True, cwd=REPO)
+    return path
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:

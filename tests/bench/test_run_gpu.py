@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -80,6 +81,30 @@ def test_rows_are_recovered_from_bench_progress_lines() -> None:
     assert rows[0]["items_per_s"] == 61234.5 and rows[0]["p50_ms"] == 4.18 and rows[0]["batch"] == 256
     assert rows[1]["batch"] is None and rows[1]["device"] == "cuda"
     assert rows[3]["p50_ms"] is None and rows[3]["unit"] == "face"
+
+
+def test_rows_are_recovered_from_what_fertk_bench_prints_today() -> None:
+    from typer.testing import CliRunner
+
+    from fertk.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--models", "fer-cnn:paper", "--backends", "torch-cpu,trt",
+                                      "--batches", "1,2", "--precisions", "fp32", "--budget-s", "0.05",
+                                      "--threads", "1", "--no-parity", "--json"])
+    assert result.exit_code == 0, result.output
+    measured = [(r["backend"], r["batch"], r["status"]) for r in json.loads(result.stdout)["rows"]]
+    recovered = run_gpu.rows_from_log(result.stderr)
+    assert sorted((r["backend"], r["batch"], r["status"]) for r in recovered) == sorted(measured)
+    assert len(measured) >= 3   # two torch-cpu rows and the trt row that says why it did not run
+
+
+def test_bench_figure_is_drawn_by_fertk_bench_report(tmp_path: Path) -> None:
+    rows = [{"model": "fer-cnn:paper", "backend": "torch-cuda", "device": "cuda", "precision": p, "batch": b,
+             "status": "ok", "items_per_s": 100.0 * b * (2 if p == "fp16" else 1), "unit": "image", "stage": "bench-fer"}
+            for p in ("fp32", "fp16") for b in (1, 8, 64)]
+    run = SimpleNamespace(python=sys.executable, stem="gpu-test")   # all the figure needs of a Run
+    path = run_gpu.bench_figure(run, rows, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_junit_summary(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ expectations on the checkpoint, skipped files, and the same numbers through an O
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,10 @@ from typer.testing import CliRunner
 from fertk.cli import app
 from fertk.core.emotions import EKMAN
 from fertk.models.fer_cnn import FerCNN, FerCNNConfig, save_fer_model
+from tests.cli.conftest import FAST
 from tests.data.fixtures import make_folder_dataset, write_corrupt_image
 
-FAST = ["--detect", "none", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
-    yield
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,15 +15,10 @@ from typer.testing import CliRunner
 from fertk.cli import app
 from fertk.models.fer_cnn import FerCNN, FerCNNConfig, save_fer_model
 from fertk.models.stargan import StarGANGenerator
+from tests.cli.conftest import FAST
 from tests.data.fixtures import make_folder_dataset
 
-FAST = ["--detect", "none", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FERTK_CACHE_DIR", str(tmp_path / "cache"))
-    yield
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

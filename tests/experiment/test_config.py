@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fertk.core.errors import InvalidInputError
-from fertk.experiment.config import DEFAULT_K, ExperimentConfig, config_from_toml_text, load_config, parse_k_list
-from fertk.experiment.runner import Cell, plan_cells, units_needed
+from fertk.experiment.cells import Cell, plan_cells
+from fertk.experiment.config import DEFAULT_K, ExperimentConfig, config_from_toml_text, load_config, parse_k_list, units_needed
 
 MINIMAL = """
 [[real]]

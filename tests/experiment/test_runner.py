@@ -14,7 +14,8 @@ import pytest
 
 from fertk.core.errors import DatasetError, OutputExistsError
 from fertk.experiment import load_config, run_experiment
-from fertk.experiment.runner import derive_seed, draw_units, load_data, plan_repeat, prepare_all, shuffled_labels
+from fertk.experiment.cells import derive_seed, draw_units, plan_repeat, shuffled_labels
+from fertk.experiment.data import load_data, prepare_all
 
 
 def test_units_are_disjoint_nested_and_seeded() -> None:

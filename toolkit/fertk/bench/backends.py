@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fertk.core.errors import InvalidInputError
+from fertk.engines import backend_report, canonical_backend_name
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,6 @@ HAND_LOOP = {"cpu": "hand-loop-cpu", "cuda": "hand-loop-cuda"}
 def get_backend(name: str) -> BenchBackend:
     """A bench backend by name (older spellings such as `ort-trt` accepted), or InvalidInputError
     listing the known ones."""
-    from fertk.engines import canonical_backend_name
-
     canonical = canonical_backend_name(name)
     if canonical not in BACKENDS:
         raise InvalidInputError(f"unknown bench backend {name!r}", hint="choose from " + ", ".join(BACKENDS))
@@ -88,6 +87,4 @@ def get_backend(name: str) -> BenchBackend:
 
 def availability() -> dict[str, tuple[bool, str]]:
     """backend_report row name -> (available, reason)."""
-    from fertk.engines import backend_report
-
     return {row.name: (row.available, row.reason) for row in backend_report()}

@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from fertk.core.specs import argmax_outputs
 from fertk.core.errors import InvalidInputError
+from fertk.core.specs import argmax_outputs
+from fertk.data.records import FaceArrays
+from fertk.engines.compare import make_inputs
+from fertk.export import module_source, resolve_model
+from fertk.models.pipeline import PipelineConfig, build_pipeline
+from fertk.models.procedural import expression_aus
+from fertk.models.stargan import StarGANConfig, StarGANGenerator, save_stargan
+from fertk.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, save_stylegan2
 
 SCALES = ("paper", "small")
 
@@ -62,14 +69,10 @@ class BenchSubject:
 
     def make_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         """Seeded inputs drawn from the specs and ranges (fertk.engines.compare.make_inputs)."""
-        from fertk.engines.compare import make_inputs
-
         return make_inputs(self.input_specs, batch, seed, self.ranges)
 
     def export_source(self) -> Any:
         """The fertk.export ModelSource describing this module."""
-        from fertk.export import module_source
-
         return module_source(self.module, name=self.key.replace(":", "-"), input_specs=self.input_specs,
                              output_specs=self.output_specs, task=self.task, ranges=self.ranges,
                              model_card=self.model_card)
@@ -102,8 +105,6 @@ class BuildContext:
 # -- builders -------------------------------------------------------------------------------------
 
 def _from_registry(key: str, name: str, ctx: BuildContext, config: dict[str, Any]) -> BenchSubject:
-    from fertk.export import resolve_model
-
     weights = ctx.weights.get(key)
     # Given weights carry their own architecture; the FER CNN's variant is checked against them.
     source = resolve_model(name, weights=weights, config={} if weights and name != "fer-cnn" else config)
@@ -135,9 +136,6 @@ def gan_weight_files(ctx: BuildContext) -> tuple[Path, Path]:
     """StyleGAN2 and StarGAN weight files for the GAN pipeline: given ones, else random ones saved once."""
     import torch
 
-    from fertk.models.stargan import StarGANConfig, StarGANGenerator, save_stargan
-    from fertk.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, save_stylegan2
-
     given_g, given_t = ctx.weights.get("stylegan2"), ctx.weights.get("stargan")
     folder = ctx.workdir / f"gan-weights-{ctx.scale}"
     g_path = Path(given_g) if given_g else folder / "stylegan2.safetensors"
@@ -161,8 +159,6 @@ def _pipeline_config(generator: str, ctx: BuildContext) -> dict[str, Any]:
 
 def _pipeline(generator: str) -> Callable[[BuildContext], BenchSubject]:
     def build(ctx: BuildContext) -> BenchSubject:
-        from fertk.export import resolve_model
-
         source = resolve_model("pipeline", config=_pipeline_config(generator, ctx))
         pipeline = source.module
         count = len(pipeline.emotions)
@@ -214,9 +210,6 @@ def get_model(key: str) -> BenchModel:
 def procedural_faces(count: int, seed: int = 0, size: int = 64) -> Any:
     """`count` labelled gray faces (FaceArrays) from the procedural pipeline: realistic FER inputs."""
     import torch
-
-    from fertk.data.records import FaceArrays
-    from fertk.models.pipeline import PipelineConfig, build_pipeline
 
     pipeline = build_pipeline(PipelineConfig(generator="procedural", output_size=size))
     emotions = tuple(pipeline.emotions)
@@ -284,8 +277,6 @@ class HandLoop:
         written = 0
         with torch.no_grad():
             if self.translator is None:
-                from fertk.models.procedural import expression_aus
-
                 images_per_emotion = []
                 for emotion in self.emotions:
                     au = expression_aus([emotion], 1.0).to(self.device).expand(latent.shape[0], -1)

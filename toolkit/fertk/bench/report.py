@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fertk.bench.results import BenchResults, BenchRow, Comparison
+from fertk.bench.results import BenchResults, BenchRow, Comparison, Recommendation
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
@@ -98,8 +98,6 @@ def render_table(results: BenchResults, console: Any) -> None:
 
 def recommendation_lines(results: BenchResults) -> list[str]:
     """The closing block: which backend + precision to run each model with here, and its speed-up."""
-    from fertk.bench.results import Recommendation
-
     lines = ["Recommended here (fastest backend + precision that passed parity, vs torch eager fp32):"]
     for data in results.recommendations:
         rec = Recommendation(**data)
@@ -148,13 +146,24 @@ def render_comparison(comparisons: Sequence[Comparison], console: Any) -> None:
 
 def plot_results(results: BenchResults, path: str | Path) -> Path | None:
     """PNG chart: items/s per backend (and precision) against batch, one panel per model; None if nothing ran."""
+    cpu = results.machine.get("cpu", {}).get("model", "")
+    gpus = ", ".join(g.get("name", "") for g in results.machine.get("gpus") or [])
+    title = (f"fertk bench — {cpu}{' / ' + gpus if gpus else ''}, "
+             f"{results.machine.get('bench_threads', '?')} threads, {results.created}")
+    return plot_rows(results.rows, path, title)
+
+
+def plot_rows(rows: Sequence[BenchRow], path: str | Path, title: str) -> Path | None:
+    """The throughput chart of `rows` (measured ones): one panel per model, a line per backend and
+    precision against batch; None if no row was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    measured = [row for row in rows if row.ok]
     by_model: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for row in results.ok_rows():
+    for row in measured:
         if row.items_per_s and row.batch is not None:
             by_model[row.model][f"{row.backend} {row.precision}"].append((row.batch, row.items_per_s))
     if not by_model:
@@ -174,7 +183,7 @@ def plot_results(results: BenchResults, path: str | Path) -> Path | None:
             ax.plot(xs, ys, marker="o", label=label, color=colours[label])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        unit = next((r.unit for r in results.ok_rows() if r.model == model), "item")
+        unit = next((r.unit for r in measured if r.model == model), "item")
         ax.set_title(model)
         ax.set_xlabel("batch")
         ax.set_ylabel(f"{unit}s / s")
@@ -182,10 +191,7 @@ def plot_results(results: BenchResults, path: str | Path) -> Path | None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
-    cpu = results.machine.get("cpu", {}).get("model", "")
-    gpus = ", ".join(g.get("name", "") for g in results.machine.get("gpus") or [])
-    fig.suptitle(f"fertk bench — {cpu}{' / ' + gpus if gpus else ''}, "
-                 f"{results.machine.get('bench_threads', '?')} threads, {results.created}", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fertk.core.io import atomic_write_text
 from fertk.core.errors import InvalidInputError
+from fertk.core.io import atomic_write_text
+from fertk.engines import canonical_backend_name
 
 SCHEMA = "fertk-bench/1"
 STATUSES = ("ok", "skipped", "error")
@@ -78,8 +79,6 @@ class BenchRow:
     def from_dict(cls, data: Mapping[str, Any]) -> "BenchRow":
         """Inverse of to_dict; unknown keys go to `extra`; old backend spellings (ort-trt) are mapped
         onto today's, so `--compare` matches rows of earlier runs."""
-        from fertk.engines import canonical_backend_name
-
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
         if isinstance(known.get("backend"), str):
@@ -242,11 +241,6 @@ def fill_speedups(rows: Sequence[BenchRow], *, eager_backends: Mapping[str, str]
             loops = [r.items_per_s for r in measured if r.model == loop_model and r.backend == loop_backend
                      and r.device == row.device]
             row.speedup_vs_hand_loop = row.items_per_s / max(loops) if loops else None
-
-
-def rows_where(rows: Iterable[BenchRow], **match: Any) -> list[BenchRow]:
-    """Rows whose attributes equal every keyword given."""
-    return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
 
 
 # -- the recommendation -------------------------------------------------------------------------

@@ -20,105 +20,26 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fertk.bench.backends import BACKENDS, EAGER, HAND_LOOP, BenchBackend, availability, get_backend
+from fertk.bench.backends import BACKENDS, EAGER, HAND_LOOP, BenchBackend, availability
+from fertk.bench.config import GENERATOR_INT8, PARITY_BATCH, PARITY_SEED, ROTATION_BYTES, BenchConfig
 from fertk.bench.flops import FlopCount, count_flops
 from fertk.bench.models import MODELS, BenchModel, BenchSubject, BuildContext, calibration_data, get_model
 from fertk.bench.peak import measure_copy_bandwidth, measure_gemm_peak
-from fertk.core.devices import torch_threads
 from fertk.bench.results import BenchResults, BenchRow, fill_speedups, recommend
-from fertk.bench.timing import MemoryWatch, TimingPolicy, time_calls
-from fertk.core.errors import FertkError, InvalidInputError, UnsupportedPrecisionError
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DEFAULT_BATCHES = (1, 8, 32, 128, 256)
-PARITY_BATCH = 4            # parity runs on min(batch, PARITY_BATCH) seeded samples
-PARITY_SEED = 4242
-ROTATION_BYTES = 64 * 2**20  # pre-generated inputs per row: enough batches to exceed the CPU's last-level cache
-Progress = Callable[[str], None]
-# Why generator graphs get no INT8 rows unless asked (--int8-generators).
-GENERATOR_INT8 = ("not offered for generator graphs: QDQ generators lose parity (procedural pipeline: 150 grey "
-                  "levels), the quantised procedural pipeline does not load in onnxruntime 1.32 (Split axis "
-                  "out of range), and calibrating a paper-scale GAN needs > 24 GiB; --int8-generators tries anyway")
-
-
-@dataclass
-class BenchConfig:
-    """What to bench and how long (JSON-able)."""
-
-    models: tuple[str, ...] = tuple(MODELS)
-    backends: tuple[str, ...] = tuple(BACKENDS)
-    batches: tuple[int, ...] = DEFAULT_BATCHES
-    precisions: tuple[str, ...] = PRECISIONS
-    threads: int | None = None          # CPU threads for torch and onnxruntime; None: torch's default
-    budget_s: float = 2.0               # timed seconds per row
-    warmup_s: float = 0.3
-    min_iterations: int = 3
-    max_call_s: float = 10.0            # rows whose single call is estimated longer are skipped (with the estimate)
-    peak_budget_s: float | None = None  # seconds per GEMM peak; None: budget_s, kept within [0.2, 2]
-    scale: str = "paper"                # model sizes: "paper" or "small" (golden-vector sizes)
-    parity: bool = True
-    calibration_samples: int = 256      # INT8 calibration + held-out check (procedural faces for the FER CNN)
-    weights: dict[str, str] = field(default_factory=dict)   # model key -> weights file
-    quick: bool = False
-    # INT8 rows for generator/pipeline graphs. Off by default (also in --quick): ORT's QDQ
-    # calibration keeps every activation of every calibration batch, which for the paper-scale GAN
-    # pipeline went past 24 GiB (OOM-killed here); the quantised procedural pipeline does not load
-    # in onnxruntime 1.32 ("Split ... axis 1 is not in valid range"); and QDQ generators fail
-    # parity anyway (procedural pipeline: 150 grey levels).
-    int8_generators: bool = False
-
-    def __post_init__(self) -> None:
-        self.models = tuple(self.models)
-        self.backends = tuple(self.backends)
-        self.precisions = tuple(self.precisions)
-        self.batches = tuple(int(b) for b in self.batches)
-        for key in self.models:
-            get_model(key)
-        self.backends = tuple(get_backend(name).name for name in self.backends)  # old spellings -> canonical
-        bad = [p for p in self.precisions if p not in PRECISIONS]
-        if bad:
-            raise InvalidInputError(f"unknown precision {bad[0]!r}", hint="choose from " + ", ".join(PRECISIONS))
-        if not self.models or not self.backends or not self.batches or not self.precisions:
-            raise InvalidInputError("bench needs at least one model, backend, batch and precision")
-        if any(b < 1 for b in self.batches):
-            raise InvalidInputError(f"batch sizes must be >= 1, got {list(self.batches)}")
-        if self.threads is not None and self.threads < 1:
-            raise InvalidInputError(f"--threads must be >= 1, got {self.threads}")
-        if self.budget_s <= 0 or self.max_call_s <= 0 or (self.peak_budget_s is not None and self.peak_budget_s <= 0):
-            raise InvalidInputError("time budgets must be positive")
-        if self.peak_budget_s is None:
-            self.peak_budget_s = min(2.0, max(0.2, self.budget_s))
-
-    def policy(self) -> TimingPolicy:
-        """The timing policy of every row."""
-        return TimingPolicy(budget_s=self.budget_s, warmup_s=self.warmup_s, warmup_iterations=1,
-                            min_iterations=self.min_iterations)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict."""
-        data = asdict(self)
-        for key in ("models", "backends", "batches", "precisions"):
-            data[key] = list(data[key])
-        return data
-
-
-def quick_config(**overrides: Any) -> BenchConfig:
-    """`fertk bench --quick`: the FER CNN and the procedural pipeline on the CPU backends, short budgets."""
-    base: dict[str, Any] = dict(
-        models=("fer-cnn:paper", "pipeline:procedural"),
-        backends=("torch-cpu", "torch-cpu-cl", "ort-cpu", "hand-loop-cpu"),
-        batches=(1, 32), precisions=("fp32", "int8"), budget_s=1.0, warmup_s=0.2,
-        max_call_s=5.0, scale="small", quick=True, int8_generators=False,
-    )
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return BenchConfig(**base)
+from fertk.bench.timing import MemoryWatch, time_calls
+from fertk.core.devices import torch_threads
+from fertk.core.errors import FertkError, UnsupportedPrecisionError
+from fertk.core.progress import Progress, emit, say
+from fertk.engines import machine_info
+from fertk.engines.compare import compare_outputs
+from fertk.export import ExportOptions, add_variant, export_source, open_engine
+from fertk.synth import SynthOptions, run_synth
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -132,9 +53,6 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
     """
     import torch
 
-    from fertk.engines import machine_info
-
-    say = progress or (lambda message: None)
     started = time.perf_counter()
     threads = config.threads or torch.get_num_threads()
     with contextlib.ExitStack() as stack:
@@ -151,15 +69,18 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None, workdir:
         results = BenchResults(config=config.to_dict(), machine=machine,
                                created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         available = availability()
-        state = _RunState(config, results, available, threads, workdir, say)
+        state = _RunState(config, results, available, threads, workdir, progress)
         state.measure_peaks()
-        for key in config.models:
+        for done, key in enumerate(config.models):
+            emit(progress, "model", key, done=done, total=len(config.models), unit="models")
             state.run_model(get_model(key))
             gc.collect()
             if checkpoint is not None:
                 finish_results(results, started)
                 checkpoint(results)
         finish_results(results, started)
+        emit(progress, "done", f"{len(results.rows)} rows in {results.seconds:.0f} s",
+             done=len(config.models), total=len(config.models), unit="models")
         return results
 
 
@@ -192,13 +113,13 @@ class _RunState:
     """Everything one run shares: config, peaks, availability, per-model caches."""
 
     def __init__(self, config: BenchConfig, results: BenchResults, available: dict[str, tuple[bool, str]],
-                 threads: int, workdir: Path, say: Progress) -> None:
+                 threads: int, workdir: Path, progress: Progress | None) -> None:
         self.config = config
         self.results = results
         self.available = available
         self.threads = threads
         self.workdir = workdir
-        self.say = say
+        self.progress = progress
         self.peaks: dict[tuple[str, str], float] = {}
         self.ctx = BuildContext(workdir=workdir, scale=config.scale, weights=dict(config.weights))
 
@@ -217,7 +138,7 @@ class _RunState:
         for device, precision in sorted(wanted):
             if device == "cpu" and precision == "fp16":
                 continue
-            self.say(f"measuring the {precision} GEMM peak on {device}")
+            say(self.progress, f"measuring the {precision} GEMM peak on {device}")
             try:
                 peak = measure_gemm_peak("cuda" if device == "cuda" else "cpu", precision, threads=self.threads,
                                          budget_s=self.config.peak_budget_s)
@@ -227,7 +148,7 @@ class _RunState:
             self.peaks[(device, precision)] = peak.gflops
             self.results.peaks.append(peak.to_dict())
         if any(device == "cuda" for device, _ in wanted):
-            self.say("measuring GPU copy bandwidth")
+            say(self.progress, "measuring GPU copy bandwidth")
             self.results.bandwidth = [b.to_dict() for b in measure_copy_bandwidth("cuda")]
 
     def peak_for(self, device: str, precision: str) -> float | None:
@@ -237,7 +158,7 @@ class _RunState:
     # -- one model ---------------------------------------------------------------------------------
     def run_model(self, model: BenchModel) -> None:
         """All rows of one model."""
-        self.say(f"[{model.key}] building ({self.config.scale} scale)")
+        say(self.progress, f"[{model.key}] building ({self.config.scale} scale)")
         backends = [BACKENDS[n] for n in self.config.backends if self._applies(model, BACKENDS[n])]
         try:
             subject, build_s = _timed(lambda: model.build(self.ctx))
@@ -279,14 +200,15 @@ class _RunState:
         return count
 
     def add(self, row: BenchRow) -> None:
-        """Append a row and report it on the progress line."""
+        """Append a row and report it as a `row` progress event."""
         self.results.rows.append(row)
         if row.ok:
             latency = f", p50 {row.p50_ms:.2f} ms" if row.p50_ms is not None else ""
-            self.say(f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: "
-                     f"{row.items_per_s or 0:.1f} {row.unit}/s{latency}")
+            text = f"{row.items_per_s or 0:.1f} {row.unit}/s{latency}"
         else:
-            self.say(f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: {row.status}: {row.reason}")
+            text = f"{row.status}: {row.reason}"
+        emit(self.progress, "row", f"[{row.model}] {row.backend} {row.precision} batch {row.batch}: {text}",
+             status=row.status)
 
 
 class _ModelRunner:
@@ -365,8 +287,6 @@ class _ModelRunner:
         return runner, open_s, round(watch.result.host_rss_delta_mib, 1), runner.describe()
 
     def _open_inner(self, backend: BenchBackend, precision: str) -> "_Callable":
-        from fertk.export import open_engine
-
         subject = self.subject
         device = backend.device
         if backend.engine == "hand-loop":
@@ -414,18 +334,16 @@ class _ModelRunner:
             raise _StepError(self._failed_graphs[graph]) from exc
 
     def _ensure_artifact_inner(self, precision: str) -> Any:
-        from fertk.export import ExportOptions, add_variant, export_source
-
         if self.artifact is None:
             out = self.state.workdir / "artifacts" / self.model.key.replace(":", "-")
-            self.state.say(f"[{self.model.key}] exporting to ONNX (timed)")
+            say(self.state.progress, f"[{self.model.key}] exporting to ONNX (timed)")
             self.artifact, seconds = _timed(lambda: export_source(self.subject.export_source(), out=out,
                                                                   options=ExportOptions()))
             self.state.results.builds.append({"model": self.model.key, "step": "ONNX export + parity check",
                                               "seconds": round(seconds, 3)})
         if precision != "fp32" and precision not in self.artifact.card.variants:
             calibration = self._calibration() if precision == "int8" else None
-            self.state.say(f"[{self.model.key}] building the {precision} graph (timed)")
+            say(self.state.progress, f"[{self.model.key}] building the {precision} graph (timed)")
             # Bench measures INT8 accuracy; it does not gate on it (export does, by default).
             options = ExportOptions(precision=precision, int8_min_agreement=0.0,
                                     calibration_batch=min(16, self.config.calibration_samples),
@@ -512,8 +430,6 @@ class _ModelRunner:
 
     # -- parity ------------------------------------------------------------------------------------
     def _parity(self, row: BenchRow, runner: "_Callable", batch: int, on_cuda: bool) -> None:
-        from fertk.engines.compare import compare_outputs
-
         size = min(batch, PARITY_BATCH)
         inputs = self.subject.make_inputs(size, PARITY_SEED)
         reference = self._reference_outputs(size, inputs)
@@ -534,8 +450,6 @@ class _ModelRunner:
 
     def _reference_outputs(self, size: int, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         if size not in self._reference_out:
-            from fertk.export import open_engine
-
             if self._reference is None:
                 self._reference = open_engine(self.subject.module, backend="torch", device="cpu", precision="fp32",
                                               input_specs=self.subject.input_specs,
@@ -562,8 +476,6 @@ class _ModelRunner:
             state.add(row)
 
     def _synth_row(self, backend: BenchBackend, precision: str, batch: int) -> BenchRow:
-        from fertk.synth import SynthOptions, run_synth
-
         generator = self.model.synth_generator
         assert generator is not None
         # The pipeline rows measured earlier in this run: synth:gan's generator is "stylegan2", its graph "pipeline:gan".

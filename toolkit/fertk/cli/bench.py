@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JsonOutput, err, out, out_option, print_json
+from fertk.cli.progress import progress_display
 
 
 def _split(text: str | None) -> tuple[str, ...] | None:
@@ -29,7 +29,6 @@ def _weights(pairs: list[str] | None) -> dict[str, str]:
     return result
 
 
-@app.command()
 def bench(
     models: str = typer.Option(None, "--models", help="Comma-separated bench models (see --list); default all."),
     backends: str = typer.Option(None, "--backends", help="Comma-separated bench backends, named as in `fertk info` (ort-trt = ort-tensorrt); default all (unavailable ones say why)."),
@@ -47,23 +46,19 @@ def bench(
         False, "--int8-generators",
         help="Also run INT8 rows for generator graphs (off by default: QDQ calibration of paper-scale GANs needs > 24 GiB)."),
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the per-row parity check against PyTorch fp32."),
-    out_dir: Path = typer.Option(None, "--out", help="Write <cpu|gpu>-<date>.json and .png into this folder."),
+    out_dir: Annotated[Optional[Path], out_option("Write <cpu|gpu>-<date>.json and .png into this folder.")] = None,
     compare: Path = typer.Option(None, "--compare", help="A previous results JSON: print new/old ratios."),
     quick: bool = typer.Option(False, "--quick", help="About a minute idle: FER CNN + procedural pipeline on CPU backends, ending with the backend to run."),
     list_only: bool = typer.Option(False, "--list", help="List bench models and backends, then exit."),
-    json_output: bool = JSON_OPTION,
+    json_output: JsonOutput = False,
 ) -> None:
     """Benchmark models across backends, precisions and batch sizes against the measured hardware peak."""
-    from fertk.bench import BACKENDS, MODELS, BenchConfig, quick_config, run_bench
+    from fertk.bench import BACKENDS, MODELS, BenchConfig, load_results, quick_config
 
     if list_only:
         _list(MODELS, BACKENDS, json_output)
         return
-    previous = None
-    if compare is not None:
-        from fertk.bench import load_results
-
-        previous = load_results(compare)  # fail before the run, not after it
+    previous = load_results(compare) if compare is not None else None  # fail before the run, not after it
     options = {
         "models": _split(models), "backends": _split(backends),
         "batches": tuple(int(b) for b in _split(batches)) if _split(batches) else None,
@@ -73,41 +68,41 @@ def bench(
     }
     given = {k: v for k, v in options.items() if v is not None}
     config = quick_config(**given) if quick else BenchConfig(**given)
-    from rich.markup import escape
+    results = _run(config, out_dir)
+    _show(results, previous, json_output)
+
+
+def _run(config: Any, out_dir: Path | None) -> Any:
+    """The run with its progress on stderr; with --out, the JSON + figure (and a partial file meanwhile)."""
+    from fertk.bench import results_stem, run_bench, write_outputs
 
     def partial_path(so_far: Any) -> Path:
-        from fertk.bench.report import results_stem
-
         return Path(out_dir) / f"{results_stem(so_far)}.partial.json"
 
     # With --out, the rows so far are saved after every model and survive a crash of a later one.
     checkpoint = (lambda so_far: so_far.save(partial_path(so_far))) if out_dir is not None else None
-    results = run_bench(config, progress=lambda message: err.print(f"[dim]{escape(message)}[/]", highlight=False),
-                        checkpoint=checkpoint)
-    written = None
+    with progress_display("bench") as progress:
+        results = run_bench(config, progress=progress, checkpoint=checkpoint)
     if out_dir is not None:
-        from fertk.bench import write_outputs
-
         written = write_outputs(results, out_dir)
         partial_path(results).unlink(missing_ok=True)  # the complete results replace it
-    comparisons = None
-    if previous is not None:
-        from fertk.bench import compare_results
+        err.print(f"wrote {written[0]}" + (f" and {written[1]}" if written[1] else ""), highlight=False)
+    return results
 
-        comparisons = compare_results(results, previous)
+
+def _show(results: Any, previous: Any, json_output: bool) -> None:
+    from fertk.bench import compare_results, render_comparison, render_table
+
+    comparisons = compare_results(results, previous) if previous is not None else None
     if json_output:
         data = results.to_dict()
         if comparisons is not None:
             data["comparison"] = [c.to_dict() for c in comparisons]
         print_json(data)
-    else:
-        from fertk.bench import render_comparison, render_table
-
-        render_table(results, out)
-        if comparisons is not None:
-            render_comparison(comparisons, out)
-    if written is not None:
-        err.print(f"wrote {written[0]}" + (f" and {written[1]}" if written[1] else ""), highlight=False)
+        return
+    render_table(results, out)
+    if comparisons is not None:
+        render_comparison(comparisons, out)
 
 
 def _list(models: dict, backends: dict, json_output: bool) -> None:

@@ -7,8 +7,7 @@ from typing import Any
 
 import typer
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JSON_OPTION, err, out, print_json
 
 
 def default_eval_dir(model: Path) -> Path:
@@ -22,7 +21,6 @@ def default_eval_dir(model: Path) -> Path:
     return Path(f"reports-{model.stem or 'model'}")
 
 
-@app.command("eval")
 def eval_command(
     model: Path = typer.Argument(..., help="A training run directory, a model.safetensors, or an exported artifact "
                                            "(with --judge: the first test dataset)."),

@@ -4,13 +4,12 @@ stand-in to try it on; `report RUN_DIR` rebuilds a run's summary."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JsonOutput, err, out, out_option, print_json
 
 
 class _ExperimentGroup(TyperGroup):
@@ -55,33 +54,39 @@ experiment_app = typer.Typer(
          "Try it: fertk experiment init --procedural demo && fertk experiment demo/experiment.toml",
     no_args_is_help=True,
 )
-app.add_typer(experiment_app, name="experiment")
 
 
 def _progress(event: Any) -> None:
-    counter = f"[{event.index}/{event.total}] " if event.total and event.index else ""
+    """One line per experiment event on stderr: '[cell/cells] message', coloured by outcome."""
+    index = event.data.get("index")
+    counter = f"[{index}/{event.total}] " if event.total and index else ""
     style = {"failed": "red", "skip": "dim", "done": "green"}.get(event.kind)
     text = f"{counter}{event.message}"
     err.print(f"[{style}]{text}[/]" if style else text, highlight=False, markup=bool(style))
 
 
-@experiment_app.command("run")
 def run(
     config: Path = typer.Argument(..., help="Experiment config (TOML)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: \\[experiment] out, "
-                                                                     "else runs/<name> beside the config)."),
+    out_dir: Annotated[Optional[Path], out_option("Run directory (default: \\[experiment] out, "
+                                                  "else runs/<name> beside the config).")] = None,
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Repeats (own split, synthetic identities, init)."),
     k: Optional[str] = typer.Option(None, "--k", help="Synthetic units to add, comma list (e.g. 1,2,5)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Cells trained at once, each in its own process."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per cell (default: cores / jobs)."),
     force: bool = typer.Option(False, "--force", help="Redo cells whose settings changed since they finished."),
-    json_output: bool = JSON_OPTION,
+    distributor: str = typer.Option("local", "--distributor", help="Where cells run: local (--jobs processes) or "
+                                                                   "ray (Ray tasks of --threads CPUs each, as many at "
+                                                                   "once as the cluster fits; pip install 'fertk\\[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --distributor ray: auto or HOST:PORT "
+                                                                          "of a running cluster (default: a local Ray)."),
+    json_output: JsonOutput = False,
 ) -> None:
     """Run (or resume) every cell and write the summary report (Markdown + figures)."""
     from fertk.experiment import load_config, parse_k_list, run_experiment
 
     loaded = load_config(config).with_overrides(repeats=repeats, k=parse_k_list(k) if k else None)
-    result = run_experiment(loaded, out_dir, jobs=jobs, threads=threads, force=force, on_event=_progress)
+    result = run_experiment(loaded, out_dir, jobs=jobs, threads=threads, force=force, distributor=distributor,
+                            ray_address=ray_address, progress=_progress)
     if json_output:
         print_json(result.to_dict())
     else:
@@ -90,18 +95,17 @@ def run(
         raise typer.Exit(1)
 
 
-@experiment_app.command("init")
 def init(
     procedural: Path = typer.Option(..., "--procedural", help="Directory for the procedural stand-in "
                                                              "(config + data made with fertk synth)."),
     preset: str = typer.Option("default", "--preset", help="default (a few minutes) or tiny (about a minute)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing, different experiment.toml."),
-    json_output: bool = JSON_OPTION,
+    json_output: JsonOutput = False,
 ) -> None:
     """Write a stand-in experiment (two procedural styles as two databases) and generate its data."""
     from fertk.experiment import init_procedural
 
-    result = init_procedural(procedural, preset=preset, force=force, on_event=_progress)
+    result = init_procedural(procedural, preset=preset, force=force, progress=_progress)
     if json_output:
         print_json(result)
         return
@@ -111,15 +115,14 @@ def init(
     out.print(f"next: {result['run']}", highlight=False)
 
 
-@experiment_app.command("report")
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory of `fertk experiment`."),
-    json_output: bool = JSON_OPTION,
+    json_output: JsonOutput = False,
 ) -> None:
     """Rebuild the summary report from the finished cells of a run directory (no training)."""
     from fertk.experiment import report_from_run_dir
 
-    summary, files = report_from_run_dir(run_dir, on_event=_progress)
+    summary, files = report_from_run_dir(run_dir, progress=_progress)
     if json_output:
         print_json({"summary": summary, "files": files})
         return
@@ -141,7 +144,7 @@ def _render(result: Any) -> None:
 def _render_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from fertk.experiment.report import _fmt
+    from fertk.experiment.report import format_interval as fmt
 
     cross = summary["cross_db"]
     table = Table(title=f"accuracy % ({summary['ci'].split(' (')[0]})", title_justify="left")
@@ -151,8 +154,8 @@ def _render_summary(summary: dict[str, Any]) -> None:
         acc = row["accuracy"]
         real_test = acc.get("test_real") if row["kind"] == "mix" else (acc.get("test") if row["kind"] == "real" else None)
         label = row["label"] + (f" †{row['plateau']}" if row.get("plateau") else "")
-        table.add_row(label, _fmt(row["train_acc"]), _fmt(acc.get("test")), _fmt(real_test),
-                      *[_fmt(acc.get(name)) for name in cross])
+        table.add_row(label, fmt(row["train_acc"]), fmt(acc.get("test")), fmt(real_test),
+                      *[fmt(acc.get(name)) for name in cross])
     out.print(table)
     if any(row.get("plateau") for row in summary["rows"]):
         out.print("† n: n repeats never left the CNN's initial plateau (uniform predictions); see the report")

@@ -11,8 +11,7 @@ from typing import Any
 
 import typer
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JSON_OPTION, err, out, print_json
 from fertk.core.errors import DatasetError, InvalidInputError
 from fertk.core.progress import Progress, ProgressEvent
 
@@ -100,7 +99,6 @@ def _list(root: str | None, json_output: bool) -> None:
     out.print(table)
 
 
-@app.command("export")
 def export(
     model: str = typer.Argument(None, help="Registry name (fer-cnn, stargan, stylegan2, procedural, pipeline) "
                                            "or a path to an .onnx file."),

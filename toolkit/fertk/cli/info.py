@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import typer
-
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, out, print_json
+from fertk.cli.options import JsonOutput, out, print_json
 
 
-@app.command()
-def info(json_output: bool = JSON_OPTION) -> None:
+def info(json_output: JsonOutput = False) -> None:
     """Show versions, devices and which engine backends can run here (and why not)."""
     from fertk.engines import machine_info
 
@@ -33,6 +29,3 @@ def info(json_output: bool = JSON_OPTION) -> None:
     for b in data["backends"]:
         backends.add_row(b["name"], "[green]yes[/]" if b["available"] else "[red]no[/]", escape(b["reason"]))
     out.print(backends)
-
-
-_ = typer  # typer is imported for type annotations in option defaults

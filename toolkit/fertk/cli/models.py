@@ -6,18 +6,15 @@ from pathlib import Path
 
 import typer
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, out, print_json
+from fertk.cli.options import JsonOutput, out, print_json
 
 models_app = typer.Typer(help="List and inspect the built-in model architectures.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
 def list_cmd(
     pattern: str = typer.Argument(None, help="Only names containing this text."),
     task: str = typer.Option(None, help="Only models of this task (classifier, generator, translator, ...)."),
-    json_output: bool = JSON_OPTION,
+    json_output: JsonOutput = False,
 ) -> None:
     """List registered models."""
     from fertk.models.registry import get_entry, list_models
@@ -34,11 +31,10 @@ def list_cmd(
     out.print(table)
 
 
-@models_app.command("show")
 def show_cmd(
     name: str = typer.Argument(..., help="A registered model name (see `fertk models list`)."),
     weights: Path = typer.Option(None, "--weights", "-w", help="Load these weights and show their card."),
-    json_output: bool = JSON_OPTION,
+    json_output: JsonOutput = False,
 ) -> None:
     """Show a model's card: architecture config, I/O specs, parameter count, weights hash."""
     from fertk.models.registry import load_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from fertk.cli._common import err
+from fertk.cli.options import err
 from fertk.core.progress import Progress, ProgressEvent
 
 # Kinds that only move the bar; every other kind is also worth a line of its own.

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from fertk.cli import app
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JSON_OPTION, err, out, print_json
 
 synth_app = typer.Typer(
     help="Generate a balanced labelled face dataset (identities × emotions), or `verify` one.",
@@ -17,7 +16,6 @@ synth_app = typer.Typer(
     # Generation needs no subcommand: say so in the usage line (click's default reads as if one were required).
     subcommand_metavar="[COMMAND [ARGS]...]",
 )
-app.add_typer(synth_app, name="synth")
 
 _GEN = "Generator"
 _OUT = "Output"

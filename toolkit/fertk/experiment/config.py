@@ -21,9 +21,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from fertk.data.splits import PAPER_SIZES
 from fertk.core.emotions import EKMAN, parse_emotions
 from fertk.core.errors import InvalidInputError
+from fertk.data.splits import PAPER_SIZES
+from fertk.models.procedural import ProceduralConfig
+from fertk.synth import SynthOptions
+from fertk.train.fer_config import FerTrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,8 +134,6 @@ class ExperimentConfig:
 
     def train_config(self, seed: int, threads: int | None = None) -> Any:
         """The FerTrainConfig of one cell (the [train] table + runner-set seed, classes, threads)."""
-        from fertk.train.fer_config import FerTrainConfig
-
         try:
             return FerTrainConfig.from_dict({**self.train, "seed": int(seed), "classes": list(self.classes),
                                              "threads": threads})
@@ -169,9 +170,14 @@ class ExperimentConfig:
         return replace(self, **changes) if changes else self
 
 
-def _check_generate(spec: DatasetSpec, group: str) -> None:
-    from fertk.synth import SynthOptions
+def units_needed(config: ExperimentConfig) -> int:
+    """Synthetic units one repeat draws: max k for Exp 3, else 1 for Exp 2, else 0."""
+    if "mix" in config.experiments:
+        return max(config.k)
+    return 1 if "synthetic" in config.experiments else 0
 
+
+def _check_generate(spec: DatasetSpec, group: str) -> None:
     table = dict(spec.generate or {})
     if "out" in table:
         raise InvalidInputError(f"[{group}.generate] of {spec.name!r} must not set out: the dataset path is the output")
@@ -185,8 +191,6 @@ def _check_generate(spec: DatasetSpec, group: str) -> None:
     options = SynthOptions(out=spec.path, **{"n": 1, **table})  # raises on bad values
     options.pipeline_config()  # crop box, output size, generator
     if options.generator == "procedural":
-        from fertk.models.procedural import ProceduralConfig
-
         ProceduralConfig(style=options.style)
 
 

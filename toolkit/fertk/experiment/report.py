@@ -20,11 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from fertk.core.errors import InvalidInputError
 from fertk.core.io import atomic_write_text, save_figure
-from fertk.evaluate import EvalReport
+from fertk.core.progress import Progress, emit
+from fertk.evaluate import EvalReport, safe_name
 from fertk.experiment.config import ExperimentConfig
-from fertk.experiment.runner import DONE_FILE, METRICS_FILE, EventCallback, _emit
+from fertk.experiment.cells import DONE_FILE, METRICS_FILE, plan_cells
 from fertk.experiment.stats import mean_ci
+from fertk.train.fer_config import PLATEAU_FRACTION
 
 CI_NOTE = ("mean ± 95 % confidence interval over repeats (Student t with R − 1 degrees of freedom; "
            "each repeat has its own real split, synthetic identities and initialisation)")
@@ -74,20 +77,12 @@ def summarize(config: ExperimentConfig, metrics: Sequence[Mapping[str, Any]]) ->
     best = best_mix(rows, cross, exclude={s.name for s in config.synthetic if s.shuffle_labels})
     return {"ci": CI_NOTE, "level": 0.95, "repeats": config.repeats, "cross_db": cross, "test_sets": test_sets,
             "rows": rows, "best_mix": best, "cells_finished": len(metrics),
-            "cells_planned": config.repeats * len(_planned(config))}
+            "cells_planned": config.repeats * len(plan_cells(config))}
 
 
 def on_plateau(metrics: Mapping[str, Any], num_classes: int) -> bool:
     """True when a cell's CNN never left its starting plateau: best validation loss ≈ ln K."""
-    from fertk.train.fer_config import PLATEAU_FRACTION
-
     return bool(metrics["train"]["val_loss"] >= PLATEAU_FRACTION * math.log(num_classes))
-
-
-def _planned(config: ExperimentConfig) -> list[Any]:
-    from fertk.experiment.runner import plan_cells
-
-    return plan_cells(config)
 
 
 def best_mix(rows: Sequence[Mapping[str, Any]], cross: Sequence[str],
@@ -109,7 +104,8 @@ def best_mix(rows: Sequence[Mapping[str, Any]], cross: Sequence[str],
 
 
 # -- tables -----------------------------------------------------------------------------------------
-def _fmt(interval: Mapping[str, Any] | None) -> str:
+def format_interval(interval: Mapping[str, Any] | None) -> str:
+    """An accuracy interval as a percentage 'mean ± half-width' ('–' when there is none)."""
     if not interval or interval.get("mean") is None or math.isnan(interval["mean"]):
         return "–"
     text = f"{100 * interval['mean']:.1f}"
@@ -133,8 +129,9 @@ def results_table(summary: Mapping[str, Any]) -> str:
         real_test = acc.get("test_real") if row["kind"] == "mix" else (acc.get("test") if row["kind"] == "real" else None)
         cells = [row["label"] + (f" (n={row['n']})" if row["n"] != summary["repeats"] else "")
                  + (f" †{row['plateau']}" if row.get("plateau") else ""),
-                 f"{row['train_faces']:.0f}", _fmt(row["train_acc"]), _fmt(acc.get("test")), _fmt(real_test)]
-        cells += [_fmt(acc.get(name)) for name in cross]
+                 f"{row['train_faces']:.0f}", format_interval(row["train_acc"]), format_interval(acc.get("test")),
+                 format_interval(real_test)]
+        cells += [format_interval(acc.get(name)) for name in cross]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -323,7 +320,7 @@ def per_class_figure(reports: Sequence[tuple[str, EvalReport]], test_set: str) -
 # -- the report ---------------------------------------------------------------------------------------
 def write_report(run_dir: str | Path, config: ExperimentConfig, metrics: Sequence[Mapping[str, Any]],
                  resolved: Mapping[str, Any] | None = None, *,
-                 on_event: EventCallback | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                 progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write report/summary.md, results.json/.csv, the figures and per-class details; return (summary, files)."""
     out = Path(run_dir) / "report"
     summary = summarize(config, metrics)
@@ -375,7 +372,7 @@ def write_report(run_dir: str | Path, config: ExperimentConfig, metrics: Sequenc
     files["results_csv"] = str(atomic_write_text(out / "results.csv", results_csv(summary)))
     files["summary_md"] = str(atomic_write_text(out / "summary.md", markdown(config, summary, files, per_set_reports,
                                                                            resolved or {}, out)))
-    _emit(on_event, "report", f"report: {files['summary_md']}")
+    emit(progress, "report", f"report: {files['summary_md']}")
     return summary, files
 
 
@@ -437,15 +434,11 @@ def markdown(config: ExperimentConfig, summary: Mapping[str, Any], files: Mappin
 
 
 def _safe(name: str) -> str:
-    from fertk.evaluate import safe_name
-
     return safe_name(name)
 
 
 def read_run_json(path: Path) -> Any:
     """A JSON file of a run directory; a damaged one is a one-line error naming it."""
-    from fertk.core.errors import InvalidInputError
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -463,10 +456,8 @@ def collect_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def report_from_run_dir(run_dir: str | Path, *, on_event: EventCallback | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def report_from_run_dir(run_dir: str | Path, *, progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rebuild the report of a run directory from its finished cells (no training)."""
-    from fertk.core.errors import InvalidInputError
-
     run_dir = Path(run_dir)
     resolved_path = run_dir / "config.resolved.json"
     if not resolved_path.is_file():
@@ -476,7 +467,7 @@ def report_from_run_dir(run_dir: str | Path, *, on_event: EventCallback | None =
     planned = {c["id"] for c in resolved.get("cells", [])}
     metrics = [m for m in collect_metrics(run_dir)
                if m["cell"]["id"] in planned and m["repeat"] < config.repeats]
-    return write_report(run_dir, config, metrics, resolved, on_event=on_event)
+    return write_report(run_dir, config, metrics, resolved, progress=progress)
 
 
 __all__ = ["CI_NOTE", "accuracy_vs_k_figure", "best_mix", "collect_metrics", "gains_table", "pooled_report",

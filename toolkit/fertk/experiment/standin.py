@@ -17,8 +17,9 @@ from typing import Any
 
 from fertk.core.errors import InvalidInputError, OutputExistsError
 from fertk.core.io import atomic_write_text
+from fertk.core.progress import Progress
 from fertk.experiment.config import config_from_toml_text
-from fertk.experiment.runner import EventCallback, prepare_all
+from fertk.experiment.data import prepare_all
 
 CONFIG_NAME = "experiment.toml"
 
@@ -92,44 +93,34 @@ def restart_epoch(preset: StandinPreset) -> int | None:
 FACE_CROP = (0.3, 0.22, 0.56, 0.56)
 
 
-def procedural_config_text(preset: str = "default") -> str:
-    """The stand-in experiment's TOML (paths relative to the file)."""
-    if preset not in PRESETS:
-        raise InvalidInputError(f"unknown stand-in preset {preset!r}", hint="choose one of " + ", ".join(PRESETS))
-    p = PRESETS[preset]
-    unit = sum(p.split_sizes)
-    pool = unit * max(p.k)
-    crop = ", ".join(f"{v:g}" for v in FACE_CROP)
-    emotions = ", ".join(f'"{e}"' for e in p.classes)
-    common = (f'format = "npy"\noutput_size = {p.face_size}\nframing = "portrait"\ncrop = [{crop}]\n'
-              f'intensity = [{p.intensity[0]:g}, {p.intensity[1]:g}]\nemotions = [{emotions}]')
-    return f"""# fertk experiment: the procedural stand-in ({preset} preset: {p.description}).
+# The stand-in's TOML; `procedural_config_text` fills in a preset's numbers.
+CONFIG_TEMPLATE = """# fertk experiment: the procedural stand-in ({preset} preset: {description}).
 #
 # Two rendering styles of the procedural face model stand in for two databases: "studio" is the
 # small real training database, "natural" the cross-database test set. Synthetic units are
 # natural-style faces of new identities; the same faces with shuffled labels are the control.
-# Run:  fertk experiment {CONFIG_NAME}
+# Run:  fertk experiment {config_name}
 # Every [generate] table is a `fertk synth` call that makes the dataset when it is missing.
 
 [experiment]
 name = "procedural-standin"
 out = "runs/procedural-standin"
 seed = 0
-repeats = {p.repeats}
-k = [{", ".join(map(str, p.k))}]
+repeats = {repeats}
+k = [{k}]
 classes = [{emotions}]
 experiments = ["real", "synthetic", "mix"]
 
 [split]
 # Subjects of the real data for train / val / test (the paper: 109 / 10 / 25 of 144).
-sizes = [{", ".join(map(str, p.split_sizes))}]
+sizes = [{split_sizes}]
 seed = 0
 
 [[real]]
 name = "studio"
 path = "data/real-studio"
 [real.generate]
-n = {p.real_identities}
+n = {real_identities}
 seed = 101
 style = "studio"
 {common}
@@ -138,7 +129,7 @@ style = "studio"
 name = "natural"
 path = "data/crossdb-natural"
 [cross_db.generate]
-n = {p.cross_identities}
+n = {cross_identities}
 seed = 202
 style = "natural"
 {common}
@@ -147,7 +138,7 @@ style = "natural"
 name = "natural"
 path = "data/synthetic-natural"
 [synthetic.generate]
-# {max(p.k)} units of {unit} identities (one unit = as many identities as the real split has subjects).
+# {units} units of {unit} identities (one unit = as many identities as the real split has subjects).
 n = {pool}
 seed = 303
 style = "natural"
@@ -166,25 +157,44 @@ style = "natural"
 
 [train]
 variant = "paper"
-input_size = {p.face_size}
-epochs = {p.epochs}
-batch_size = {p.batch_size}
-lr = {p.lr:g}
-patience = {p.patience}
+input_size = {face_size}
+epochs = {epochs}
+batch_size = {batch_size}
+lr = {lr:g}
+patience = {patience}
 # The CNN starts on a plateau of uniform predictions and needs a few hundred Adam steps to leave
 # it on these faces; min_epochs keeps early stopping from ending a run before that. Some
 # initialisations never leave it (the dense layer's ReLUs all die): those are re-initialised
 # after plateau_steps optimiser steps, at most plateau_restarts times (each cell's metrics count the restarts).
-min_epochs = {p.min_epochs}
-plateau_restarts = {p.plateau_restarts}
-plateau_steps = {p.plateau_steps}
+min_epochs = {min_epochs}
+plateau_restarts = {plateau_restarts}
+plateau_steps = {plateau_steps}
 augment = false
 device = "cpu"
 """
 
 
+def procedural_config_text(preset: str = "default") -> str:
+    """The stand-in experiment's TOML (paths relative to the file)."""
+    if preset not in PRESETS:
+        raise InvalidInputError(f"unknown stand-in preset {preset!r}", hint="choose one of " + ", ".join(PRESETS))
+    p = PRESETS[preset]
+    unit = sum(p.split_sizes)
+    crop = ", ".join(f"{v:g}" for v in FACE_CROP)
+    emotions = ", ".join(f'"{e}"' for e in p.classes)
+    common = (f'format = "npy"\noutput_size = {p.face_size}\nframing = "portrait"\ncrop = [{crop}]\n'
+              f'intensity = [{p.intensity[0]:g}, {p.intensity[1]:g}]\nemotions = [{emotions}]')
+    return CONFIG_TEMPLATE.format(
+        preset=preset, description=p.description, config_name=CONFIG_NAME, repeats=p.repeats,
+        k=", ".join(map(str, p.k)), emotions=emotions, split_sizes=", ".join(map(str, p.split_sizes)),
+        real_identities=p.real_identities, cross_identities=p.cross_identities, common=common, units=max(p.k),
+        unit=unit, pool=unit * max(p.k), face_size=p.face_size, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+        patience=p.patience, min_epochs=p.min_epochs, plateau_restarts=p.plateau_restarts,
+        plateau_steps=p.plateau_steps)
+
+
 def init_procedural(directory: str | Path, *, preset: str = "default", force: bool = False,
-                    generate: bool = True, on_event: EventCallback | None = None) -> dict[str, Any]:
+                    generate: bool = True, progress: Progress | None = None) -> dict[str, Any]:
     """Write DIR/experiment.toml for the stand-in and make its datasets with fertk synth."""
     directory = Path(directory).expanduser().resolve()
     path = directory / CONFIG_NAME
@@ -196,7 +206,7 @@ def init_procedural(directory: str | Path, *, preset: str = "default", force: bo
     config = config_from_toml_text(text, base_dir=directory, source=str(path))
     datasets = []
     if generate:
-        prepare_all(config, on_event=on_event)
+        prepare_all(config, progress=progress)
         datasets = [{"name": s.name, "path": s.path} for s in (*config.real, *config.cross_db, *config.synthetic)]
     return {"config": str(path), "preset": preset, "datasets": datasets,
             "run": f"fertk experiment {path}"}
