@@ -1,5 +1,7 @@
-"""Safe weight files: read state dicts from safetensors or `weights_only` torch archives, and
-load them into modules with one-line errors naming missing / unexpected / mis-shaped keys."""
+"""Safe weight files, shared by every model: read state dicts from safetensors or `weights_only`
+torch archives (refusing pickles that need code), write them atomically, read the fertk config a
+safetensors header carries, and load them into modules with one-line errors naming missing /
+unexpected / mis-shaped keys. Each model keeps its own key mapping; this module knows none."""
 
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ from typing import Any
 import torch
 
 from fertk.core.errors import CheckpointError, UnsafeFileError
+from fertk.core.io import atomic_target, atomic_torch_save, sha256_file
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+# The safetensors header key under which fertk stores a model's JSON config.
+META_KEY = "fertk"
+CARD_HINT = "fix or delete it: a card beside the weights is rewritten by training"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -76,7 +82,24 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
         ) from None
 
 
-def read_json_object(path: str | Path, what: str = "JSON card") -> dict[str, Any]:
+def read_header_config(path: str | Path) -> dict[str, Any] | None:
+    """The fertk config (JSON) in a safetensors header; None for other files or when absent."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    meta = read_safetensors_metadata(path)
+    if META_KEY not in meta:
+        return None
+    try:
+        config = json.loads(meta[META_KEY])
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the fertk config in its header is not a JSON object")
+    return config
+
+
+def read_json_object(path: str | Path, what: str = "JSON card", *, hint: str = CARD_HINT) -> dict[str, Any]:
     """A JSON file holding an object (a model card, a config); CheckpointError naming the file if not."""
     path = Path(path)
     try:
@@ -84,11 +107,42 @@ def read_json_object(path: str | Path, what: str = "JSON card") -> dict[str, Any
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable {what} ({_first_line(exc)})",
-                              hint="fix or delete it: a card beside the weights is rewritten by training") from None
+        raise CheckpointError(f"{path} is not a readable {what} ({_first_line(exc)})", hint=hint) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a {what}: it holds a JSON {type(data).__name__}, not an object")
     return data
+
+
+def cpu_state(module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies of a module's state dict (optionally cast): what a file stores."""
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
+
+
+def write_safetensors(path: str | Path, state: Mapping[str, torch.Tensor], *,
+                      config: Mapping[str, Any] | None = None) -> Path:
+    """Write `state` as safetensors atomically; `config` goes into the header as JSON (see META_KEY)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {META_KEY: json.dumps(config)} if config is not None else None
+    with atomic_target(path) as tmp:  # safetensors writes 0600 files; atomic_target gives the umask's mode
+        save_file(dict(state), str(tmp), metadata=metadata)
+    return path
+
+
+def write_state_dict(path: str | Path, state: Mapping[str, torch.Tensor], *,
+                     config: Mapping[str, Any] | None = None) -> Path:
+    """Write `state` atomically: `.safetensors` (config in the header) or a plain torch.save state dict."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return write_safetensors(path, state, config=config)
+    return atomic_torch_save(dict(state), path)
+
+
+def provenance(weights: Path | None) -> dict[str, str | None]:
+    """A card's `weights_sha256` and `source` for a weights file (None: a random init)."""
+    return {"weights_sha256": sha256_file(weights) if weights else None,
+            "source": str(weights) if weights else "random-init"}
 
 
 def _flatten_state(obj: object, path: Path) -> dict[str, torch.Tensor]:
