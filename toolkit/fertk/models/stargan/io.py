@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -80,18 +80,25 @@ def image_size_source(path: Path, stored: Mapping[str, Any], config: Any, given_
             f"{DEFAULT_IMAGE_SIZE} px, the paper pipeline's; set --translator-size (the authors trained at 256)")
 
 
+def _load(path: Path, config: Any, config_cls: type, infer: Callable[..., Any], network_cls: type
+          ) -> tuple[Any, dict[str, Any]]:
+    """Read a checkpoint, merge its config (inferred < header < given), build and fill the network
+    in eval mode; also return the header config (it tells where the image size came from)."""
+    state = read_state_dict(path)
+    stored = read_header_config(path) or {}
+    model = network_cls.from_config(_merge(infer(state, source=path), stored, config, config_cls))
+    load_into(model, state, source=path)
+    model.eval()
+    return model, stored
+
+
 def load_stargan_generator(path: str | Path, config: StarGANConfig | Mapping[str, Any] | None = None, *,
                            size_source: str | None = None) -> tuple[StarGANGenerator, ModelCard]:
     """Load G from an official `{iter}-G.ckpt` or a safetensors file; architecture inferred from
     shapes unless `config` says otherwise (a mismatch is one CheckpointError). `size_source` names
     the option a given image_size came from, for the card."""
     path = Path(path)
-    state = read_state_dict(path)
-    stored = read_header_config(path) or {}
-    cfg = _merge(infer_generator_config(state, source=path), stored, config, StarGANConfig)
-    model = StarGANGenerator.from_config(cfg)
-    load_into(model, state, source=path)
-    model.eval()
+    model, stored = _load(path, config, StarGANConfig, infer_generator_config, StarGANGenerator)
     return model, generator_card(model, weights=path,
                                  size_source=image_size_source(path, stored, config, size_source))
 
@@ -101,12 +108,7 @@ def load_stargan_discriminator(path: str | Path,
                                ) -> tuple[StarGANDiscriminator, ModelCard]:
     """Load D from an official `{iter}-D.ckpt` or a safetensors file (image_size from conv2's kernel)."""
     path = Path(path)
-    state = read_state_dict(path)
-    stored = read_header_config(path) or {}
-    cfg = _merge(infer_discriminator_config(state, source=path), stored, config, StarGANDiscriminatorConfig)
-    model = StarGANDiscriminator.from_config(cfg)
-    load_into(model, state, source=path)
-    model.eval()
+    model, stored = _load(path, config, StarGANDiscriminatorConfig, infer_discriminator_config, StarGANDiscriminator)
     return model, discriminator_card(model, weights=path)
 
 
