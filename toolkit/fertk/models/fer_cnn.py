@@ -1,4 +1,8 @@
-"""The paper's FER CNN (Table 1): Conv32-Conv64-Pool-Drop-Conv128-Pool-Conv128-Pool-Drop-Dense1024-Drop-Dense."""
+"""The paper's FER CNN (Table 1): Conv32-Conv64-Pool-Drop-Conv128-Pool-Conv128-Pool-Drop-Dense1024-Drop-Dense.
+
+Weights: fertk's safetensors + JSON card, or the authors' Keras `.h5` (read by
+`fertk.models.keras_h5`; this module holds the Keras-to-FerCNN key mapping).
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from fertk.core.errors import CheckpointError
-from fertk.core.optional import require
 
 
 @dataclass
@@ -51,7 +50,11 @@ def _text(value: Any) -> str:
 
 def read_keras_h5(path: str | Path) -> KerasFile:
     """Read a Keras `model.save()` HDF5 file: graph config and weights (no TensorFlow)."""
-    h5py = require("h5py", extra="judges", purpose="reading Keras .h5 files")
+    try:
+        import h5py
+    except ModuleNotFoundError:  # a base dependency of fertk: a broken install, not a missing extra
+        raise CheckpointError("reading Keras .h5 files needs h5py",
+                              hint="pip install h5py (fertk depends on it; reinstall fertk)") from None
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Keras model file not found: {path}")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fertk.models.registry import ModelCard, count_parameters
+from fertk.models.stylegan2.network import StyleGAN2Generator
 from fertk.models.weights import provenance
-
-if TYPE_CHECKING:
-    from fertk.models.stylegan2.network import StyleGAN2Generator
 
 
 def stylegan2_card(model: StyleGAN2Generator, *, weights: Path | None = None,
