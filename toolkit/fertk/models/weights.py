@@ -39,7 +39,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({_first_line(exc)})",
+                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({first_line(exc)})",
                 hint="re-copy or re-create the file (training writes it whole, by atomic rename)",
             ) from None
     try:
@@ -47,18 +47,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():  # a damaged pickle stream, not a refused global
             raise CheckpointError(
-                f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})",
+                f"cannot read {path} ({size} bytes): truncated or corrupt archive ({first_line(exc)})",
                 hint="re-copy or re-create the file",
             ) from None
         raise UnsafeFileError(
-            f"refusing to load {path}: it needs code execution to unpickle ({_first_line(exc)})",
+            f"refusing to load {path}: it needs code execution to unpickle ({first_line(exc)})",
             hint="convert it to safetensors with the code that made it, or use a .pkl reader fertk supports",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError,
             IndexError, TypeError) as exc:
         # A damaged archive surfaces as any of these, depending on where the bytes stop.
         raise CheckpointError(
-            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})",
+            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({first_line(exc)})",
             hint="re-copy or re-create the file",
         ) from None
     return _flatten_state(obj, path)
@@ -77,7 +77,7 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot read {path} ({path.stat().st_size} bytes): truncated or corrupt safetensors file "
-            f"({_first_line(exc)})",
+            f"({first_line(exc)})",
             hint="re-copy or re-create the file (training writes it whole, by atomic rename)",
         ) from None
 
@@ -107,7 +107,7 @@ def read_json_object(path: str | Path, what: str = "JSON card", *, hint: str = C
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable {what} ({_first_line(exc)})", hint=hint) from None
+        raise CheckpointError(f"{path} is not a readable {what} ({first_line(exc)})", hint=hint) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a {what}: it holds a JSON {type(data).__name__}, not an object")
     return data
@@ -197,7 +197,7 @@ def _preview(items: list[str], limit: int = 4) -> str:
     return shown + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
+def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line (first sentence, at most `limit` characters) of an exception's message."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__

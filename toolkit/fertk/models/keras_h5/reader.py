@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fertk.core.errors import CheckpointError
+from fertk.models.weights import first_line
 
 
 @dataclass
@@ -78,7 +79,7 @@ def read_keras_h5(path: str | Path) -> KerasFile:
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"cannot read {path} ({size} bytes): not a readable HDF5 model file, truncated or corrupt "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            f"({first_line(exc)})",
             hint="check the download; a Keras model saved with model.save('x.h5') is expected") from None
     model_class, layers, outputs = _parse_config(config, path)
     first = layers[0] if layers else None
