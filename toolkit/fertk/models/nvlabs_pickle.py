@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from fertk.core.errors import CheckpointError, UnsafeFileError
+from fertk.models.weights import first_line
 
 SUPPORTED = ("NVlabs stylegan2-ada-pytorch network pickles (StyleGAN2 Generator), "
              "StyleGAN2 generators from the NVlabs stylegan3 repository, or a state dict + config JSON")
@@ -84,9 +85,9 @@ def _load_storage_from_bytes(data: Any) -> Any:
     try:
         storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(f"a nested tensor storage needs code execution to load ({_first_line(exc)})") from None
+        raise UnsafeFileError(f"a nested tensor storage needs code execution to load ({first_line(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt tensor storage inside the pickle ({_first_line(exc)})") from None
+        raise CheckpointError(f"corrupt tensor storage inside the pickle ({first_line(exc)})") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise UnsafeFileError(f"a nested storage record holds {type(storage).__name__}, not a tensor storage")
     return storage
@@ -110,7 +111,7 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
         return torch._utils._rebuild_tensor_v2(storage, storage_offset, tuple(size), tuple(stride), False,
                                                OrderedDict())
     except RuntimeError as exc:
-        raise CheckpointError(f"tensor record does not fit its storage ({_first_line(exc)})") from None
+        raise CheckpointError(f"tensor record does not fit its storage ({first_line(exc)})") from None
 
 
 def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
@@ -195,7 +196,7 @@ def restricted_loads(data: bytes, *, source: str = "pickle") -> Any:
             RecursionError, MemoryError, OverflowError, RuntimeError) as exc:
         raise CheckpointError(
             f"cannot read {source} ({len(data)} bytes): truncated or corrupt pickle, stopped near byte "
-            f"{stream.tell()} ({type(exc).__name__}: {_first_line(exc)})") from None
+            f"{stream.tell()} ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 @dataclass
@@ -316,8 +317,3 @@ def _plain(value: Any) -> Any:
 
 def _int_tuple(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

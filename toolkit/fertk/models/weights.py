@@ -1,5 +1,7 @@
-"""Safe weight files: read state dicts from safetensors or `weights_only` torch archives, and
-load them into modules with one-line errors naming missing / unexpected / mis-shaped keys."""
+"""Safe weight files, shared by every model: read state dicts from safetensors or `weights_only`
+torch archives (refusing pickles that need code), write them atomically, read the fertk config a
+safetensors header carries, and load them into modules with one-line errors naming missing /
+unexpected / mis-shaped keys. Each model keeps its own key mapping; this module knows none."""
 
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ from typing import Any
 import torch
 
 from fertk.core.errors import CheckpointError, UnsafeFileError
+from fertk.core.io import atomic_target, atomic_torch_save, sha256_file
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+# The safetensors header key under which fertk stores a model's JSON config.
+META_KEY = "fertk"
+CARD_HINT = "fix or delete it: a card beside the weights is rewritten by training"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -33,7 +39,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({_first_line(exc)})",
+                f"cannot read {path} ({size} bytes): truncated or corrupt safetensors file ({first_line(exc)})",
                 hint="re-copy or re-create the file (training writes it whole, by atomic rename)",
             ) from None
     try:
@@ -41,18 +47,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():  # a damaged pickle stream, not a refused global
             raise CheckpointError(
-                f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})",
+                f"cannot read {path} ({size} bytes): truncated or corrupt archive ({first_line(exc)})",
                 hint="re-copy or re-create the file",
             ) from None
         raise UnsafeFileError(
-            f"refusing to load {path}: it needs code execution to unpickle ({_first_line(exc)})",
+            f"refusing to load {path}: it needs code execution to unpickle ({first_line(exc)})",
             hint="convert it to safetensors with the code that made it, or use a .pkl reader fertk supports",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError,
             IndexError, TypeError) as exc:
         # A damaged archive surfaces as any of these, depending on where the bytes stop.
         raise CheckpointError(
-            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({_first_line(exc)})",
+            f"cannot read {path} ({size} bytes): truncated or corrupt archive ({first_line(exc)})",
             hint="re-copy or re-create the file",
         ) from None
     return _flatten_state(obj, path)
@@ -71,12 +77,29 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot read {path} ({path.stat().st_size} bytes): truncated or corrupt safetensors file "
-            f"({_first_line(exc)})",
+            f"({first_line(exc)})",
             hint="re-copy or re-create the file (training writes it whole, by atomic rename)",
         ) from None
 
 
-def read_json_object(path: str | Path, what: str = "JSON card") -> dict[str, Any]:
+def read_header_config(path: str | Path) -> dict[str, Any] | None:
+    """The fertk config (JSON) in a safetensors header; None for other files or when absent."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    meta = read_safetensors_metadata(path)
+    if META_KEY not in meta:
+        return None
+    try:
+        config = json.loads(meta[META_KEY])
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the fertk config in its header is not a JSON object")
+    return config
+
+
+def read_json_object(path: str | Path, what: str = "JSON card", *, hint: str = CARD_HINT) -> dict[str, Any]:
     """A JSON file holding an object (a model card, a config); CheckpointError naming the file if not."""
     path = Path(path)
     try:
@@ -84,11 +107,42 @@ def read_json_object(path: str | Path, what: str = "JSON card") -> dict[str, Any
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable {what} ({_first_line(exc)})",
-                              hint="fix or delete it: a card beside the weights is rewritten by training") from None
+        raise CheckpointError(f"{path} is not a readable {what} ({first_line(exc)})", hint=hint) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a {what}: it holds a JSON {type(data).__name__}, not an object")
     return data
+
+
+def cpu_state(module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies of a module's state dict (optionally cast): what a file stores."""
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
+
+
+def write_safetensors(path: str | Path, state: Mapping[str, torch.Tensor], *,
+                      config: Mapping[str, Any] | None = None) -> Path:
+    """Write `state` as safetensors atomically; `config` goes into the header as JSON (see META_KEY)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {META_KEY: json.dumps(config)} if config is not None else None
+    with atomic_target(path) as tmp:  # safetensors writes 0600 files; atomic_target gives the umask's mode
+        save_file(dict(state), str(tmp), metadata=metadata)
+    return path
+
+
+def write_state_dict(path: str | Path, state: Mapping[str, torch.Tensor], *,
+                     config: Mapping[str, Any] | None = None) -> Path:
+    """Write `state` atomically: `.safetensors` (config in the header) or a plain torch.save state dict."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return write_safetensors(path, state, config=config)
+    return atomic_torch_save(dict(state), path)
+
+
+def provenance(weights: Path | None) -> dict[str, str | None]:
+    """A card's `weights_sha256` and `source` for a weights file (None: a random init)."""
+    return {"weights_sha256": sha256_file(weights) if weights else None,
+            "source": str(weights) if weights else "random-init"}
 
 
 def _flatten_state(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -143,7 +197,7 @@ def _preview(items: list[str], limit: int = 4) -> str:
     return shown + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
+def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line (first sentence, at most `limit` characters) of an exception's message."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
