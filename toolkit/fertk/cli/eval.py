@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from fertk.cli.options import JSON_OPTION, err, out, print_json
+from fertk.cli.options import DEFAULT_DEVICE, JSON_OPTION, Device, err, out, print_json
 
 
 def default_eval_dir(model: Path) -> Path:
@@ -35,7 +35,7 @@ def eval_command(
     variant: str | None = typer.Option(None, "--variant", help="Expect this CNN variant (error if the model differs)."),
     classes: str | None = typer.Option(None, "--classes", help="Expect these classes, comma list (error if not)."),
     backend: str = typer.Option("torch", "--backend", help="torch (the PyTorch reference), ort, trt or auto."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    device: Device = DEFAULT_DEVICE,
     batch: int = typer.Option(256, "--batch", help="Faces per forward pass."),
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: <run dir>/reports)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress output on stderr."),
@@ -43,6 +43,7 @@ def eval_command(
 ) -> None:
     """Accuracy, confusion matrices, per-class precision/recall/F1 and macro-F1 per test set (JSON, CSV, PNG)."""
     from fertk.cli.progress import progress_display
+    from fertk.core.devices import resolve_device
     from fertk.core.emotions import parse_emotions
     from fertk.data.options import DatasetOptions
     from fertk.evaluate import evaluate_paths
@@ -59,7 +60,7 @@ def eval_command(
         run = evaluate_paths(
             model, datasets,
             options=DatasetOptions(layout=layout, detect=detect, subject_pattern=subject_pattern, strict=strict),
-            out_dir=target, backend=backend, device=device, variant=variant,
+            out_dir=target, backend=backend, device=resolve_device(device), variant=variant,
             classes=parse_emotions(classes) if classes else None, progress=progress, batch_size=batch,
             judge=judge, opener=open_engine)
     print_warnings(run.reports)
