@@ -101,7 +101,7 @@ def _exit_on_problems(result) -> None:  # type: ignore[no-untyped-def]
 
 
 # Command-line parameters whose names differ from SynthOptions' fields (the rest are spelled alike).
-_FIELD_OF = {"out_dir": "out", "fmt": "format", "size": "output_size", "filter_model": "filter",
+FIELD_OF = {"out_dir": "out", "fmt": "format", "size": "output_size", "filter_model": "filter",
              "filter_attempts": "filter_max_attempts", "compile_graph": "compile"}
 
 
@@ -113,7 +113,7 @@ def synth_options(params: dict[str, Any]):  # type: ignore[no-untyped-def]
     from fertk.synth import SynthOptions
 
     names = {f.name for f in fields(SynthOptions)}
-    values = {_FIELD_OF.get(key, key): value for key, value in params.items()}
+    values = {FIELD_OF.get(key, key): value for key, value in params.items()}
     values = {key: str(value) if isinstance(value, Path) else value
               for key, value in values.items() if key in names}
     values["emotions"] = tuple(values["emotions"].split(",")) if values.get("emotions") else SynthOptions.emotions
@@ -168,6 +168,9 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
                   f"({result.format}); {result.shards_skipped} shard(s) already done")
         out.print(f"speed: {result.faces_per_s:,.0f} faces/s end to end, engine alone {result.engine_faces_per_s:,.0f} "
                   f"faces/s ({result.engine.get('backend', '?')}, {result.engine.get('device', '?')})")
+    if result.distributor == "ray":
+        out.print(f"ray: {result.shards_written} shard(s) done, {result.shards_retried} retried, "
+                  f"{len(result.failures)} failed")
     out.print(f"dataset: {result.identities:,} identities × {emotions} emotions = {result.faces:,} faces, "
               f"{result.shards_total} shard(s)" + ("" if result.complete else " — not complete yet"))
     if result.filter:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fertk.core.errors import InvalidInputError
+from fertk.core.optional import require
 from fertk.core.progress import Progress, emit
 from fertk.data.shards import remove_shard
 from fertk.synth.engines import parity_vs_fp32
@@ -44,6 +45,8 @@ def placement_for(distributor: str) -> Placement:
                                 hint="launch with `torchrun --nproc-per-node N -m fertk.cli synth ...`, "
                                      "or use --distributor local")
     where = torchrun_placement()
+    if distributor == "ray":  # before any work: without Ray this is a one-line error naming the extra
+        require("ray", extra="ray", purpose="--distributor ray")
     if distributor == "ray" and where.world > 1:
         raise InvalidInputError("--distributor ray runs one driver; it was launched by torchrun "
                                 f"(WORLD_SIZE={where.world})", hint="run `fertk synth ... --distributor ray` once")
