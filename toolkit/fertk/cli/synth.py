@@ -133,9 +133,9 @@ def _describe(event) -> str:  # type: ignore[no-untyped-def]
     data = event.data
     elapsed = data.get("elapsed", 0.0)
     rate = event.done / elapsed if elapsed > 0 else 0.0
-    text = f"[bold]synth[/] {rate:,.0f} faces/s  shards {data.get('shards_done', 0)}/{data.get('shards_total', 0)}"
+    text = f"synth {rate:,.0f} faces/s, shards {data.get('shards_done', 0)}/{data.get('shards_total', 0)}"
     if "retries" in data:
-        text += f"  retries {data['retries']}" + (f"  failed {data['failed']}" if data.get("failed") else "")
+        text += f", retries {data['retries']}" + (f", failed {data['failed']}" if data.get("failed") else "")
     return text
 
 

@@ -198,37 +198,32 @@ def submitter(ray: ModuleType, setup: WorkerSetup) -> Submitter:
     return Submitter(submit, settle, count)
 
 
-def run_on_ray(setup: WorkerSetup, todo: Sequence[Any], *, progress: Progress | None, started: float,
-               address: str | None, max_retries: int) -> Distributed:
-    """Write `todo` (plan Shards) on Ray; the summary of shards done, retried and failed."""
-    ray, owned = connect_ray(address)
-    try:
-        emotions = len(setup.options.emotions)
-        ticker = Ticker(progress, sum(s.identities for s in todo) * emotions, len(todo), started)
-        ticker.extra = {"retries": 0, "failed": 0}
-        stats, described = RunStats(), {}
+def run_on_ray(ray: ModuleType, setup: WorkerSetup, todo: Sequence[Any], *, progress: Progress | None,
+               started: float, max_retries: int) -> Distributed:
+    """Write `todo` (plan Shards) on the connected Ray; the summary of shards done, retried and failed."""
+    emotions = len(setup.options.emotions)
+    ticker = Ticker(progress, sum(s.identities for s in todo) * emotions, len(todo), started)
+    ticker.extra = {"retries": 0, "failed": 0}
+    stats, described = RunStats(), {}
 
-        def done(index: Hashable, outcome: ShardOutcome) -> None:
-            stats.add(outcome.stats)
-            described.update(outcome.described)
-            ticker.faces += outcome.stats.faces
-            ticker.commit(outcome.index, outcome.stats.faces)
+    def done(index: Hashable, outcome: ShardOutcome) -> None:
+        stats.add(outcome.stats)
+        described.update(outcome.described)
+        ticker.faces += outcome.stats.faces
+        ticker.commit(outcome.index, outcome.stats.faces)
 
-        def retry(index: Hashable, error: str) -> None:
-            ticker.extra["retries"] += 1
-            ticker.tick(ticker.faces, True)
-
-        how = submitter(ray, setup)
-        tic = time.perf_counter()
-        summary = run_with_retries(ray, how.submit, [s.index for s in todo], max_retries=max_retries,
-                                   error_of=lambda outcome: outcome.error, on_done=done, on_retry=retry,
-                                   settled=how.settle, capacity=how.capacity)
-        stats.seconds = time.perf_counter() - tic
-        failures = [{"shard": index, "attempts": len(summary.errors[index]), "error": summary.errors[index][-1],
-                     "errors": summary.errors[index]} for index in sorted(summary.failed)]
-        ticker.extra["failed"] = len(failures)
+    def retry(index: Hashable, error: str) -> None:
+        ticker.extra["retries"] += 1
         ticker.tick(ticker.faces, True)
-        return Distributed(stats, described=described, retried=len(summary.retried), failures=failures)
-    finally:
-        if owned:
-            ray.shutdown()
+
+    how = submitter(ray, setup)
+    tic = time.perf_counter()
+    summary = run_with_retries(ray, how.submit, [s.index for s in todo], max_retries=max_retries,
+                               error_of=lambda outcome: outcome.error, on_done=done, on_retry=retry,
+                               settled=how.settle, capacity=how.capacity)
+    stats.seconds = time.perf_counter() - tic
+    failures = [{"shard": index, "attempts": len(summary.errors[index]), "error": summary.errors[index][-1],
+                 "errors": summary.errors[index]} for index in sorted(summary.failed)]
+    ticker.extra["failed"] = len(failures)
+    ticker.tick(ticker.faces, True)
+    return Distributed(stats, described=described, retried=len(summary.retried), failures=failures)

@@ -40,7 +40,7 @@ from fertk.synth.execution import Execution, Placement, auto_choice
 from fertk.synth.options import FORMAT_VERSION, SynthOptions, SynthResult
 from fertk.synth.plan import SeedPlan, Shard
 from fertk.synth.preview import check_preview_path, write_preview
-from fertk.synth.ray_runner import run_on_ray
+from fertk.synth.ray_runner import connect_ray, run_on_ray
 from fertk.synth.report import synth_report
 from fertk.synth.worker import ShardWorker, WorkerSetup
 
@@ -198,14 +198,17 @@ def write_preview_into(job: Job, result: SynthResult, worker: ShardWorker | None
 def run_synth(options: SynthOptions, *, progress: Progress | None = None) -> SynthResult:
     """Generate (or resume) the dataset described by `options` into `options.out`."""
     started = time.perf_counter()
-    job = prepare_job(options, placement_for(options.distributor))
-    todo, skipped = select_shards(job)
+    where = placement_for(options.distributor)
+    # Ray is joined first: an unreachable cluster is refused before the output directory is touched.
+    ray, own_ray = connect_ray(options.ray_address) if options.distributor == "ray" else (None, False)
     worker = None
     try:
-        if job.options.distributor == "ray":
+        job = prepare_job(options, where)
+        todo, skipped = select_shards(job)
+        if ray is not None:
             job.pipeline.set_fp16_layers(device=job.execution.device, precision=job.options.precision,
                                          target="torch" if job.execution.backend == "torch" else "export")
-            done = run_on_ray(job.setup, todo, progress=progress, started=started, address=job.options.ray_address,
+            done = run_on_ray(ray, job.setup, todo, progress=progress, started=started,
                               max_retries=job.options.max_shard_retries)
         else:
             worker = ShardWorker(job.setup, job.pipeline)
@@ -218,3 +221,5 @@ def run_synth(options: SynthOptions, *, progress: Progress | None = None) -> Syn
     finally:
         if worker is not None:
             worker.close()
+        if own_ray:
+            ray.shutdown()
