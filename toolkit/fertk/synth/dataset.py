@@ -9,10 +9,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import fertk
 from fertk.core.errors import BackendUnavailableError, DatasetError, OutputExistsError
 from fertk.core.io import sha256_file
-from fertk.core.versions import cpu_model, package_version
+from fertk.core.versions import __version__, cpu_model, package_version
 from fertk.data.shards import (
     MANIFEST_COLUMNS, META_DIR, DatasetLayout, create_json_exclusive, is_synth_dataset, read_json, read_options,
     remove_shard, write_json_atomic,
@@ -115,7 +114,7 @@ def remove_old(root: Path, old: dict[str, Any], where: Placement) -> None:
 def versions() -> dict[str, str | None]:
     """Versions of fertk and the packages that make the bytes."""
     names = ("torch", "numpy", "opencv-python-headless", "onnxruntime", "webdataset")
-    return {"fertk": fertk.__version__, "python": platform.python_version(),
+    return {"fertk": __version__, "python": platform.python_version(),
             **{name: package_version(name) for name in names}}
 
 
