@@ -27,7 +27,7 @@ from fertk.synth.plan import SeedPlan
 COMPILE_MIN_FACES = 30_000  # below this, torch.compile's one-off build (10-60 s on 2 cores) outweighs its gain
 # Byte-affecting execution choices and the flag that sets each (for the refusal message).
 EXECUTION_FLAGS = {"backend": "--backend", "provider": "--backend", "compile": "--compile/--no-compile",
-                   "device": "--device", "batch": "--batch", "cuda_graphs": "--backend"}
+                   "device": "--device", "batch": "--batch"}
 
 
 @dataclass(frozen=True)
