@@ -102,7 +102,7 @@ def _exit_on_problems(result) -> None:  # type: ignore[no-untyped-def]
 
 # Command-line parameters whose names differ from SynthOptions' fields (the rest are spelled alike).
 FIELD_OF = {"out_dir": "out", "fmt": "format", "size": "output_size", "filter_model": "filter",
-             "filter_attempts": "filter_max_attempts", "compile_graph": "compile"}
+            "filter_attempts": "filter_max_attempts", "compile_graph": "compile"}
 
 
 def synth_options(params: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -117,7 +117,8 @@ def synth_options(params: dict[str, Any]):  # type: ignore[no-untyped-def]
     values = {key: str(value) if isinstance(value, Path) else value
               for key, value in values.items() if key in names}
     values["emotions"] = tuple(values["emotions"].split(",")) if values.get("emotions") else SynthOptions.emotions
-    crop = values.get("crop")
+    crop = values.get("crop") or None
+    values["crop"] = None
     if crop:
         try:
             values["crop"] = tuple(float(v) for v in crop.split(","))
