@@ -33,6 +33,14 @@ def _warm(_: int) -> int:
     return os.getpid()
 
 
+def _flaky(unit: int, marker: str) -> int:
+    """Fails the first time unit 2 runs, every time unit 4 runs; returns the unit otherwise."""
+    if unit == 4 or (unit == 2 and not os.path.exists(marker)):
+        Path(marker).touch()
+        raise RuntimeError(f"unit {unit} broke")
+    return unit * 10
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray with 2 CPUs for this module (its workers import this tree), torn down after."""
@@ -78,6 +86,20 @@ def _holders(folder: Path, pids: list[int]) -> set[int]:
         if any(t.startswith(str(folder)) and t.endswith(".tmp") for t in targets):
             found.add(pid)
     return found
+
+
+def test_the_retry_loop_runs_every_unit_within_its_capacity_and_keeps_each_error(cluster, tmp_path):
+    from fertk.synth.ray_runner import run_with_retries
+
+    task = ray.remote(num_cpus=1, max_retries=0)(_flaky)
+    marker = str(tmp_path / "unit2-failed-once")
+    retried = []
+    summary = run_with_retries(ray, lambda unit: task.remote(unit, marker), range(6), max_retries=1, capacity=1,
+                               on_retry=lambda unit, error: retried.append(unit))
+    assert summary.results == {0: 0, 1: 10, 2: 20, 3: 30, 5: 50}
+    assert summary.failed == [4] and summary.retried == {2, 4} and sorted(retried) == [2, 4]
+    assert len(summary.errors[4]) == 2 and all("unit 4 broke" in e for e in summary.errors[4])
+    assert summary.errors[2] == [summary.errors[2][0]] and "RuntimeError" in summary.errors[2][0]
 
 
 def test_ray_writes_the_same_bytes_as_local(cluster, reference, tmp_path, hashes):
@@ -162,3 +184,35 @@ def test_a_shard_that_always_fails_is_reported_and_not_marked_done(cluster, tmp_
     assert not result.complete and result.shards_skipped == 3
     assert [(f["shard"], f["attempts"]) for f in result.failures] == [(1, 1)]
     assert "IsADirectoryError" in result.failures[0]["error"]
+
+
+@pytest.mark.slow
+def test_the_actor_pool_takes_shards_as_it_frees_up_and_replaces_a_killed_actor(cluster, reference, tmp_path, hashes):
+    # The GPU path's pool, run on CPUs here (this machine has no GPU): two actors, one SIGKILLed mid-shard.
+    from fertk.data.shards import merge_manifest, options_fingerprint
+    from fertk.synth.distribute import placement_for
+    from fertk.synth.ray_runner import actor_pool, run_on_ray
+    from fertk.synth.run import prepare_job, select_shards
+
+    out = tmp_path / "actors"
+    job = prepare_job(SynthOptions(out=str(out), **FOUR), placement_for("local"))
+    todo, _ = select_shards(job)
+    box: dict = {}
+    runner = threading.Thread(target=lambda: box.update(done=run_on_ray(
+        ray, job.setup, todo, progress=None, started=time.perf_counter(), max_retries=3,
+        how=actor_pool(ray, job.setup, actors=2, num_gpus=0, device=None))))
+    runner.start()
+    killed, workers, listed = None, [], 0.0
+    while runner.is_alive() and killed is None:
+        if time.monotonic() - listed > 0.5:
+            workers, listed = _ray_workers(), time.monotonic()
+        pids = _holders(out / "shards", workers)
+        if pids:
+            killed = min(pids)
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.002)
+    runner.join(timeout=300)
+    done = box["done"]
+    assert killed is not None and done.retried >= 1 and not done.failures and done.stats.shards == 4
+    assert merge_manifest(job.layout, job.plan.num_shards, options_fingerprint(job.record))
+    assert hashes(out) == {k: v for k, v in hashes(reference / "four").items() if k != "dataset_card.json"}

@@ -96,16 +96,16 @@ def run_with_retries(ray: ModuleType, submit: Callable[[Hashable], Any], units: 
             summary.results[unit] = value
             if on_done is not None:
                 on_done(unit, value)
-            continue
-        summary.errors.setdefault(unit, []).append(error)
-        if retries < max_retries:
-            summary.retried.add(unit)
-            if on_retry is not None:
-                on_retry(unit, error)
-            waiting.append((unit, retries + 1))
         else:
-            summary.failed.append(unit)
-        fill()
+            summary.errors.setdefault(unit, []).append(error)
+            if retries < max_retries:
+                summary.retried.add(unit)
+                if on_retry is not None:
+                    on_retry(unit, error)
+                waiting.append((unit, retries + 1))
+            else:
+                summary.failed.append(unit)
+        fill()  # a slot is free: the next unit goes to it
     return summary
 
 
@@ -152,11 +152,13 @@ def shard_task(setup: WorkerSetup, index: int) -> ShardOutcome:
 
 
 class ShardActor:
-    """A GPU shard worker: the graph built once, on the actor's GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
+    """A shard worker that keeps its graph for every shard it is given (on GPUs: built once, on
+    the GPU Ray gave the actor, which it sees as cuda:0 through CUDA_VISIBLE_DEVICES)."""
 
-    def __init__(self, setup: WorkerSetup) -> None:
-        setup = replace(setup, execution=replace(setup.execution, device="cuda"),
-                        options=replace(setup.options, device="cuda"))
+    def __init__(self, setup: WorkerSetup, device: str | None = None) -> None:
+        if device is not None:
+            setup = replace(setup, execution=replace(setup.execution, device=device),
+                            options=replace(setup.options, device=device))
         self.worker = ShardWorker(setup)
 
     def run(self, index: int) -> ShardOutcome:
@@ -173,19 +175,16 @@ class Submitter:
     capacity: int | None
 
 
-def submitter(ray: ModuleType, setup: WorkerSetup) -> Submitter:
-    """Ray tasks (one CPU each) for CPU shards; for GPU shards a pool of one actor per GPU in the
-    cluster, each taking the next shard when it is free (a dead actor is replaced)."""
-    if not setup.execution.device.startswith("cuda"):
-        task = ray.remote(num_cpus=1, max_retries=0)(shard_task)
-        return Submitter(lambda index: task.remote(setup, index), lambda ref, crashed: None, None)
-    actor_class = ray.remote(num_gpus=1, max_restarts=0)(ShardActor)
-    count = max(1, int(ray.cluster_resources().get("GPU", 0)))
-    free = [actor_class.remote(setup) for _ in range(count)]
+def actor_pool(ray: ModuleType, setup: WorkerSetup, *, actors: int, num_gpus: float,
+               device: str | None) -> Submitter:
+    """`actors` ShardActors, each taking the next shard when it is free; a dead one is replaced."""
+    resources = {"num_gpus": num_gpus} if num_gpus else {"num_cpus": 1}  # (GPU actors: Ray's CPU default)
+    actor_class = ray.remote(max_restarts=0, **resources)(ShardActor)
+    free = [actor_class.remote(setup, device) for _ in range(actors)]
     busy: dict[Any, Any] = {}
 
     def submit(index: Hashable) -> Any:
-        actor = free.pop()  # run_with_retries keeps at most `count` in flight: one is free
+        actor = free.pop()  # run_with_retries keeps at most `actors` in flight: one is free
         ref = actor.run.remote(index)
         busy[ref] = actor
         return ref
@@ -193,14 +192,24 @@ def submitter(ray: ModuleType, setup: WorkerSetup) -> Submitter:
     def settle(ref: Any, crashed: bool) -> None:
         actor = busy.pop(ref, None)
         if actor is not None:
-            free.append(actor_class.remote(setup) if crashed else actor)
+            free.append(actor_class.remote(setup, device) if crashed else actor)
 
-    return Submitter(submit, settle, count)
+    return Submitter(submit, settle, actors)
+
+
+def submitter(ray: ModuleType, setup: WorkerSetup) -> Submitter:
+    """Ray tasks (one CPU each) for CPU shards; for GPU shards one actor per GPU in the cluster."""
+    if not setup.execution.device.startswith("cuda"):
+        task = ray.remote(num_cpus=1, max_retries=0)(shard_task)
+        return Submitter(lambda index: task.remote(setup, index), lambda ref, crashed: None, None)
+    gpus = max(1, int(ray.cluster_resources().get("GPU", 0)))
+    return actor_pool(ray, setup, actors=gpus, num_gpus=1, device="cuda")
 
 
 def run_on_ray(ray: ModuleType, setup: WorkerSetup, todo: Sequence[Any], *, progress: Progress | None,
-               started: float, max_retries: int) -> Distributed:
-    """Write `todo` (plan Shards) on the connected Ray; the summary of shards done, retried and failed."""
+               started: float, max_retries: int, how: Submitter | None = None) -> Distributed:
+    """Write `todo` (plan Shards) on the connected Ray (through `how`, default `submitter`); the
+    summary of shards done, retried and failed."""
     emotions = len(setup.options.emotions)
     ticker = Ticker(progress, sum(s.identities for s in todo) * emotions, len(todo), started)
     ticker.extra = {"retries": 0, "failed": 0}
@@ -216,7 +225,7 @@ def run_on_ray(ray: ModuleType, setup: WorkerSetup, todo: Sequence[Any], *, prog
         ticker.extra["retries"] += 1
         ticker.tick(ticker.faces, True)
 
-    how = submitter(ray, setup)
+    how = how if how is not None else submitter(ray, setup)
     tic = time.perf_counter()
     summary = run_with_retries(ray, how.submit, [s.index for s in todo], max_retries=max_retries,
                                error_of=lambda outcome: outcome.error, on_done=done, on_retry=retry,
