@@ -88,6 +88,22 @@ def _holders(folder: Path, pids: list[int]) -> set[int]:
     return found
 
 
+def _kill_a_writer(folder: Path, runner: threading.Thread) -> int | None:
+    """SIGKILL the first Ray worker seen holding a shard's temporary file open; its pid (None if
+    the run ended first)."""
+    workers, listed = [], 0.0
+    deadline = time.monotonic() + 120
+    while runner.is_alive() and time.monotonic() < deadline:
+        if time.monotonic() - listed > 0.5:
+            workers, listed = _ray_workers(), time.monotonic()
+        pids = _holders(folder, workers)
+        if pids:
+            os.kill(min(pids), signal.SIGKILL)
+            return min(pids)
+        time.sleep(0.002)
+    return None
+
+
 def test_the_retry_loop_runs_every_unit_within_its_capacity_and_keeps_each_error(cluster, tmp_path):
     from fertk.synth.ray_runner import run_with_retries
 
@@ -117,16 +133,7 @@ def test_a_worker_killed_mid_shard_is_retried_and_the_bytes_match(cluster, refer
     runner = threading.Thread(target=lambda: box.update(result=run_synth(
         SynthOptions(out=str(out), distributor="ray", **KILLABLE))))
     runner.start()
-    killed, workers, listed = None, [], 0.0
-    deadline = time.monotonic() + 120
-    while runner.is_alive() and killed is None and time.monotonic() < deadline:
-        if time.monotonic() - listed > 0.5:
-            workers, listed = _ray_workers(), time.monotonic()
-        pids = _holders(out / "shards", workers)
-        if pids:
-            killed = min(pids)
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.002)
+    killed = _kill_a_writer(out / "shards", runner)
     runner.join(timeout=300)
     assert killed is not None, "no worker was caught mid-shard"
     result = box["result"]
@@ -202,15 +209,7 @@ def test_the_actor_pool_takes_shards_as_it_frees_up_and_replaces_a_killed_actor(
         ray, job.setup, todo, progress=None, started=time.perf_counter(), max_retries=3,
         how=actor_pool(ray, job.setup, actors=2, num_gpus=0, device=None))))
     runner.start()
-    killed, workers, listed = None, [], 0.0
-    while runner.is_alive() and killed is None:
-        if time.monotonic() - listed > 0.5:
-            workers, listed = _ray_workers(), time.monotonic()
-        pids = _holders(out / "shards", workers)
-        if pids:
-            killed = min(pids)
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.002)
+    killed = _kill_a_writer(out / "shards", runner)
     runner.join(timeout=300)
     done = box["done"]
     assert killed is not None and done.retried >= 1 and not done.failures and done.stats.shards == 4
