@@ -124,3 +124,43 @@ def test_preview_that_fails_after_the_run_exits_1_with_the_dataset_kept(tmp_path
     assert result.exit_code == 1, result.output
     assert "preview not written" in result.stderr and "Traceback" not in result.output
     assert "manifest:" in result.stdout and (out / "manifest.csv").is_file() and (out / "dataset_card.json").is_file()
+
+
+def test_every_synth_option_has_a_flag_and_one_builder():
+    from dataclasses import fields
+
+    import typer.main
+
+    from fertk.cli.synth import FIELD_OF, synth_app
+    from fertk.synth import SynthOptions
+
+    command = typer.main.get_command(synth_app)
+    reachable = {FIELD_OF.get(p.name, p.name) for p in command.params}
+    assert {f.name for f in fields(SynthOptions)} <= reachable
+
+
+def test_the_ray_distributor_without_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    out = tmp_path / "d"
+    result = runner.invoke(app, ["synth", "-n", "2", "--out", str(out), "--distributor", "ray"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: --distributor ray needs the Python package 'ray'")
+    assert "pip install 'fertk[ray]'" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()  # refused before the output directory was touched
+
+
+def test_import_fertk_and_a_local_synth_never_import_ray(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport fertk, fertk.cli, fertk.synth.run, fertk.synth.ray_runner\n"
+            "from fertk.cli import main\n"
+            f"sys.argv = ['fertk', 'synth', '-n', '1', '--out', {str(tmp_path / 'd')!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('RAY', 'ray' in sys.modules)\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == "RAY False"

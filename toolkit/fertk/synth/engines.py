@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fertk.engines.base import Engine
-from fertk.core.specs import TensorSpec
 from fertk.core.errors import CheckpointError, InvalidInputError
+from fertk.core.specs import TensorSpec
+from fertk.export import open_engine
+from fertk.engines.base import Engine
+from fertk.engines.choice import DEFAULT_BATCH, GenerationChoice, choose_generation
+from fertk.engines.torch_engine import TorchEngine, fp32_only
+from fertk.models.judges import load_judge
 
 
 def auto_cpu_backend(generator: str) -> str:
@@ -21,6 +26,11 @@ def auto_cpu_backend(generator: str) -> str:
     procedural graph (a long elementwise chain) runs ~2x faster on eager torch than on onnxruntime.
     """
     return "ort" if generator == "stylegan2" else "torch"
+
+
+def concrete_precision(precision: str) -> str:
+    """Precision "auto" where nothing chose another one: fp32 (the one place this rule lives)."""
+    return "fp32" if precision == "auto" else precision
 
 
 def open_generation_engine(module: torch.nn.Module, *, backend: str, device: str, precision: str,
@@ -36,13 +46,8 @@ def plan_generation(module: torch.nn.Module, *, backend: str, device: str, preci
                     compile: bool | None, max_batch: int) -> Any:
     """The GenerationChoice for this run: `--backend auto` decides (fertk.engines.choice); another
     backend keeps what was asked (precision "auto" → fp32, batch None → the default)."""
-    import importlib.util
-
-    from fertk.engines.choice import DEFAULT_BATCH, GenerationChoice, choose_generation
-    from fertk.engines.torch_engine import fp32_only
-
     if backend != "auto":
-        chosen = "fp32" if precision == "auto" else precision
+        chosen = concrete_precision(precision)
         size = batch if batch is not None else DEFAULT_BATCH
         return GenerationChoice(backend, chosen, size, {}, reason=f"--backend {backend}",
                                 batch_reason="given" if batch is not None else f"default {DEFAULT_BATCH}")
@@ -62,8 +67,6 @@ def plan_generation(module: torch.nn.Module, *, backend: str, device: str, preci
 def measure_bytes_per_identity(module: torch.nn.Module, device: str, precision: str) -> int | None:
     """Peak CUDA memory per identity of one eager call, from calls at 2 and 8 identities (the slope;
     the larger call's per-identity peak when the slope is not positive). None if it cannot run."""
-    from fertk.engines.torch_engine import TorchEngine
-
     try:
         engine = TorchEngine(module, module.input_specs, module.output_specs, device=device, precision=precision)
     except Exception:  # noqa: BLE001 - the batch then falls back to the default; the real open reports errors
@@ -107,8 +110,6 @@ def parity_vs_fp32(module: torch.nn.Module, engine: Engine, device: str, batch: 
     the first `identities` of them. Grey levels: max and mean absolute difference, share of pixels
     off by more than one level.
     """
-    from fertk.engines.torch_engine import TorchEngine
-
     inputs = _seeded_inputs(module, batch, seed)
     got = np.asarray(engine.run(inputs)["faces"])[:identities].astype(np.int16)
     reference_engine = TorchEngine(module, module.input_specs, module.output_specs, device=device, precision="fp32")
@@ -125,8 +126,6 @@ def parity_vs_fp32(module: torch.nn.Module, engine: Engine, device: str, batch: 
 
 
 def _open(module: torch.nn.Module, **kwargs: Any) -> Engine:
-    from fertk.export import open_engine
-
     return open_engine(module, **kwargs)
 
 
@@ -142,8 +141,6 @@ class FaceScorer:
 
     def __init__(self, judge: str | Path, *, backend: str, device: str, precision: str,
                  card: str | Path | None = None) -> None:
-        from fertk.models.judges import load_judge
-
         self.judge = load_judge(judge, card=card)
         self.card = self.judge.model_card()
         self.classes: tuple[str, ...] = tuple(self.judge.classes)

@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from fertk.data.shards import layout_of, read_arrays
 from fertk.core.emotions import NEUTRAL
 from fertk.core.errors import DatasetError, InvalidInputError
+from fertk.core.io import atomic_write_text, save_figure
+from fertk.data.shards import layout_of, read_arrays
+from fertk.synth.engines import FaceScorer
 
 REPORT_DIR = "report"
 MAX_DIVERSITY_IDS = 2000
@@ -97,8 +99,6 @@ def synth_report(root: str | Path, judge: str | Path, *, out: str | Path | None 
     """Score a synth dataset with `judge` and write report.json, confusion.{json,csv,png},
     class_balance.csv, agreement_vs_intensity.png (varying intensity) and worst_faces.png into
     `out` (default DIR/report)."""
-    from fertk.synth.engines import FaceScorer
-
     root = Path(root)
     scorer = FaceScorer(judge, backend=backend, device=device, precision=precision, card=card)
     try:
@@ -269,9 +269,6 @@ def worst_faces(p_intended: np.ndarray, pred: np.ndarray, labels: np.ndarray, cl
 # -- files ------------------------------------------------------------------------------------------
 def write_report(report: SynthReport, images: np.ndarray, out: str | Path) -> dict[str, str]:
     """Write the report's files into `out`; returns {kind: path}."""
-    from fertk.core.io import atomic_write_text
-    from fertk.core.io import save_figure
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = report.data
