@@ -191,7 +191,6 @@ def test_every_package_has_a_layer():
         rank_of(name)
 
 
-@pytest.mark.xfail(reason="the #12 redesign is landing package by package; strict again once merged", strict=False)
 @pytest.mark.parametrize("rule", ["layers", "cycles", "private", "function-level"])
 def test_imports_point_one_way(rule):
     imports = all_imports()

