@@ -61,6 +61,7 @@ ACTION_UNITS: tuple[str, ...] = (
     "AU6",   # cheek raiser (squints from below, crow's feet)
     "AU7",   # lid tightener (raises and straightens the lower lid)
     "AU9",   # nose wrinkler (also raises the upper lip a little)
+    "AU10",  # upper lip raiser (lifts the upper lip, bares the upper teeth, deepens the folds)
     "AU12",  # lip corner puller (smile)
     "AU14",  # dimpler, unilateral here (contempt)
     "AU15",  # lip corner depressor
@@ -78,7 +79,7 @@ EMOTION_PROTOTYPES: dict[str, tuple[str, ...]] = {
     "surprise": ("AU1", "AU2", "AU5", "AU26"),
     "fear": ("AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"),
     "anger": ("AU4", "AU5", "AU7", "AU23"),
-    "disgust": ("AU9", "AU15", "AU16"),
+    "disgust": ("AU9", "AU10", "AU15", "AU16"),
     CONTEMPT: ("AU14",),
     NEUTRAL: (),
 }
@@ -497,7 +498,7 @@ class ProceduralFaces(nn.Module):
         a1, a2, a4, a5 = a("AU1"), a("AU2"), a("AU4"), a("AU5")
         a6, a7, a9, a12 = a("AU6"), a("AU7"), a("AU9"), a("AU12")
         a14, a15, a16, a20 = a("AU14"), a("AU15"), a("AU16"), a("AU20")
-        a23, a26 = a("AU23"), a("AU26")
+        a10, a23, a26 = a("AU10"), a("AU23"), a("AU26")
         raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.02 * a9) * k
         raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
         arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4)
@@ -513,7 +514,10 @@ class ProceduralFaces(nn.Module):
         # glare, not as white above the iris; AU4 alone also lowers the lid (sadness droops).
         brow_low = a4 * (1.0 - 0.5 * a1) * (1.0 - 0.5 * a2)
         droop = 0.8 * a4 * (1.0 - 0.75 * a2)
-        hu = hu0 * (1.0 + 1.3 * a5 * (1.0 - 0.85 * brow_low) - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
+        # AU5 pulls the upper lid up towards the orbit: by an amount set by the eye's size, not by
+        # its resting aperture (narrow-eyed faces open as wide), less where the brow presses down.
+        hu = hu0 * (1.0 - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
+        hu = hu + (0.56 * ew) * a5 * (1.0 - 0.85 * brow_low)
         hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
@@ -544,14 +548,17 @@ class ProceduralFaces(nn.Module):
         gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
-        ut, lt = lip * 0.8 * thin, lip * thin * (1.0 + 0.25 * a16 + 0.3 * a15)
+        ut, lt = lip * 0.8 * thin * (1.0 - 0.35 * a10), lip * thin * (1.0 + 0.25 * a16 + 0.3 * a15)
         s_m = Aw / mw_e                                                            # [M, E, 1, w]
         t_m = 1.0 - s_m * s_m
         tc = t_m.clamp(min=0.0)
         tl = tc.sqrt()                                                             # lip fullness profile
-        g = gap * ((1.0 - square) * tc + square * tl)                              # opening profile
+        # AU10 lifts the upper lip in a squared arch (the tl profile) off the lower lip, which
+        # stays: the opening grows by the same amount and bares the upper teeth.
+        raise_10 = (0.07 * k * a10) * tl
+        g = gap * ((1.0 - square) * tc + square * tl) + raise_10                   # opening profile
         s2 = (1.0 - t_m).clamp(max=2.0)
-        bend = (corner + lift) * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * sidew * s2
+        bend = (corner + lift) * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * sidew * s2 + raise_10
         rel = (Vw - my - corner + 0.5) + bend                                     # (v - mid) + 0.5
         # Each lip edge is pulled in by half an AA unit so the two ramps cannot overlap (and
         # leave a faint line) where the lip thickness is zero beyond the corners.
@@ -571,7 +578,8 @@ class ProceduralFaces(nn.Module):
         # ---- lines and shadows darken the window; light, noise and camera the whole frame ---
         dark = dark.add_(lash, alpha=0.75)
         dark = dark.addcmul_(pupil, a_eye, value=0.7)
-        dark = dark.addcmul_(lip_line, tl * 0.45).addcmul_(lip_shadow, tl * 0.25)
+        # AU23 thins and rolls in the lips: the line where they meet gets finer.
+        dark = dark.addcmul_(lip_line, tl * (0.45 - 0.2 * a23)).addcmul_(lip_shadow, tl * 0.25)
         win = win.mul_(dark.mul_(-1.0).add_(1.0).unsqueeze(2))
         # Put the window back by concatenation (exports as Slice/Concat; a slice assignment
         # becomes a ScatterND with a per-element index tensor, slow in ONNX Runtime).
@@ -698,6 +706,7 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU6"], fold] = 0.08
     w[_AU["AU12"], fold] = 0.16
     w[_AU["AU9"], fold] = 0.28
+    w[_AU["AU10"], fold] = 0.2
     w[_AU["AU6"], cheek] = -0.07
     w[_AU["AU12"], cheek] = -0.04
     w[_AU["AU6"], bulge] = 0.25
