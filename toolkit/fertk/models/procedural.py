@@ -518,7 +518,8 @@ class ProceduralFaces(nn.Module):
         # its resting aperture (narrow-eyed faces open as wide), less where the brow presses down.
         hu = hu0 * (1.0 - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
         hu = hu + (0.56 * ew) * a5 * (1.0 - 0.85 * brow_low)
-        hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9).clamp(min=0.15)
+        # The lower lid is pushed up from below by the cheek: AU6, and the bunching of AU9 and AU10.
+        hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9 - 0.3 * a10).clamp(min=0.15)
         du = (Aw - ex) / ew
         t_eye = 1.0 - du * du                                                      # column vector
         v_eye = Vw - ey + 0.5                                                      # row vector
@@ -555,7 +556,7 @@ class ProceduralFaces(nn.Module):
         tl = tc.sqrt()                                                             # lip fullness profile
         # AU10 lifts the upper lip in a squared arch (the tl profile) off the lower lip, which
         # stays: the opening grows by the same amount and bares the upper teeth.
-        raise_10 = (0.07 * k * a10) * tl
+        raise_10 = (0.05 * k * a10) * tl
         g = gap * ((1.0 - square) * tc + square * tl) + raise_10                   # opening profile
         s2 = (1.0 - t_m).clamp(max=2.0)
         bend = (corner + lift) * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * sidew * s2 + raise_10
@@ -709,7 +710,9 @@ def _au_mask_weights() -> torch.Tensor:
     w[_AU["AU10"], fold] = 0.2
     w[_AU["AU6"], cheek] = -0.07
     w[_AU["AU12"], cheek] = -0.04
+    w[_AU["AU10"], cheek] = -0.05
     w[_AU["AU6"], bulge] = 0.25
+    w[_AU["AU10"], bulge] = 0.15
     w[_AU["AU7"], bulge] = 0.15
     w[_AU["AU9"], nose] = 0.6
     w[_AU["AU9"], flare] = 0.55
