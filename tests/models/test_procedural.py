@@ -173,7 +173,7 @@ def test_action_units_act_where_and_as_much_as_they_should(studio: ProceduralFac
 def test_white_above_the_iris_shows_only_with_raised_upper_lids() -> None:
     """At rest the upper lid covers the top of the iris (a stare reads as surprise); AU5 uncovers it
     in surprise and fear, but not in anger, where the lowered brow (AU4) turns AU5 into a glare."""
-    from fertk.models._procedural_styles import IDENTITY_PARAMS, STYLE_RANGES
+    from fertk.models.procedural import IDENTITY_PARAMS, STYLE_RANGES
 
     res = 128
     model = ProceduralFaces(ProceduralConfig(resolution=res, color=True, style="studio")).eval()
@@ -195,7 +195,7 @@ def test_white_above_the_iris_shows_only_with_raised_upper_lids() -> None:
 
 def _mid_face(res: int, **overrides: float) -> tuple[ProceduralFaces, torch.Tensor, dict[str, float]]:
     """A studio colour model at `res` and one frontal, noiseless mid-range identity (overrides in [0, 1])."""
-    from fertk.models._procedural_styles import IDENTITY_PARAMS, STYLE_RANGES
+    from fertk.models.procedural import IDENTITY_PARAMS, STYLE_RANGES
 
     model = ProceduralFaces(ProceduralConfig(resolution=res, color=True, style="studio")).eval()
     ids = torch.full((1, IDENTITY_DIM), 0.5)
@@ -306,7 +306,7 @@ def test_styles_differ_like_two_capture_setups() -> None:
         assert stats["natural"][key] > 2 * stats["studio"][key], (key, stats)
     # The populations differ too: natural draws from wider skin-tone, face-shape, pose and light
     # ranges, and its camera is blurrier.
-    from fertk.models._procedural_styles import STYLE_RANGES
+    from fertk.models.procedural import STYLE_RANGES
     for name in ("skin_tone", "face_width", "jaw", "yaw", "roll", "shift_x", "scale", "light_x"):
         (s_lo, s_hi), (n_lo, n_hi) = STYLE_RANGES["studio"][name], STYLE_RANGES["natural"][name]
         assert n_lo <= s_lo and n_hi >= s_hi and n_hi - n_lo > s_hi - s_lo, name
