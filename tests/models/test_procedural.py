@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_expression_aus_are_the_emfacs_prototypes() -> None:
     assert active == {
         "neutral": set(),
         "anger": {"AU4", "AU5", "AU7", "AU23"},
-        "disgust": {"AU9", "AU15", "AU16"},
+        "disgust": {"AU9", "AU10", "AU15", "AU16"},
         "fear": {"AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"},
         "happiness": {"AU6", "AU12"},
         "sadness": {"AU1", "AU4", "AU15"},
@@ -172,7 +173,7 @@ def test_action_units_act_where_and_as_much_as_they_should(studio: ProceduralFac
 def test_white_above_the_iris_shows_only_with_raised_upper_lids() -> None:
     """At rest the upper lid covers the top of the iris (a stare reads as surprise); AU5 uncovers it
     in surprise and fear, but not in anger, where the lowered brow (AU4) turns AU5 into a glare."""
-    from fertk.models._procedural_styles import IDENTITY_PARAMS, STYLE_RANGES
+    from fertk.models.procedural import IDENTITY_PARAMS, STYLE_RANGES
 
     res = 128
     model = ProceduralFaces(ProceduralConfig(resolution=res, color=True, style="studio")).eval()
@@ -190,6 +191,76 @@ def test_white_above_the_iris_shows_only_with_raised_upper_lids() -> None:
     shown = dict(zip(ALL_SEVEN, sclera.tolist()))
     assert {name for name, count in shown.items() if count > 0} == {"fear", "surprise"}, shown
     assert shown["surprise"] >= shown["fear"], shown
+
+
+def _mid_face(res: int, **overrides: float) -> tuple[ProceduralFaces, torch.Tensor, dict[str, float]]:
+    """A studio colour model at `res` and one frontal, noiseless mid-range identity (overrides in [0, 1])."""
+    from fertk.models.procedural import IDENTITY_PARAMS, STYLE_RANGES
+
+    model = ProceduralFaces(ProceduralConfig(resolution=res, color=True, style="studio")).eval()
+    ids = torch.full((1, IDENTITY_DIM), 0.5)
+    ids[0, IDENTITY_PARAMS.index("noise")] = 0.0
+    for name, value in overrides.items():
+        ids[0, IDENTITY_PARAMS.index(name)] = value
+    ranges = STYLE_RANGES["studio"]
+    face = {name: ranges[name][0] + (ranges[name][1] - ranges[name][0]) * float(ids[0, i])
+            for i, name in enumerate(IDENTITY_PARAMS)}
+    return model, ids, face
+
+
+def _one_au(names: Sequence[str]) -> torch.Tensor:
+    aus = torch.zeros(len(names) + 1, AU_DIM)
+    for row, name in enumerate(names, start=1):
+        aus[row, ACTION_UNITS.index(name)] = 1.0
+    return aus
+
+
+def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
+    """AU10 changes the face above the resting lip line (the upper lip goes up, upper teeth show)
+    and leaves the lower lip where it was; AU16 (lower lip depressor) works below the line."""
+    res = 128
+    model, ids, face = _mid_face(res)
+    with torch.no_grad():
+        rgb = (model.render_expressions(ids, _one_au(["AU10", "AU16"]))[0] + 1) / 2     # [3, 3, H, W]
+    lip_v = face["eye_height"] + face["nose_length"] + face["mouth_height"]
+    lip_row = (1 + lip_v) * res / 2
+    half = round(face["mouth_width"] * 0.5 * res / 2)                                    # central half of the mouth
+    cols = slice(res // 2 - half, res // 2 + half)
+    rows = torch.arange(res, dtype=torch.float32).view(-1, 1)
+
+    def centroid(i: int) -> float:
+        diff = (rgb[i] - rgb[0]).abs().sum(0)[:, cols]
+        return float((diff * rows).sum() / diff.sum())
+
+    def brightest_row_above_the_line(i: int) -> float:
+        return float(rgb[i].mean(0)[round(lip_row) - 7:round(lip_row), cols].mean(1).max())
+
+    assert centroid(1) < lip_row < centroid(2), (centroid(1), lip_row, centroid(2))
+    # Upper teeth (the lightest thing in the face) where the upper lip was, just above the line.
+    assert brightest_row_above_the_line(1) > brightest_row_above_the_line(0) + 0.1
+
+
+def test_upper_lid_raiser_opens_narrow_and_wide_eyes_alike() -> None:
+    """AU5 lifts the upper lid towards the orbit by an amount set by the eye's size, so a narrow-eyed
+    face opens nearly as wide as a wide-eyed one: the apertures' ratio shrinks from rest to surprise."""
+    res = 128
+    apertures = {}
+    for openness in (0.0, 1.0):
+        model, ids, face = _mid_face(res, eye_openness=openness, iris=1.0)        # blue iris
+        with torch.no_grad():
+            rgb = (model.render_expressions(ids, expression_aus(["neutral", "surprise"]))[0] + 1) / 2
+        ey, ex, ew = face["eye_height"], face["eye_spacing"], face["eye_size"]
+        r0, r1 = round((1 + ey - 1.2 * ew) * res / 2), round((1 + ey + 1.0 * ew) * res / 2)
+        c0, c1 = round((1 + ex - 0.6 * ew) * res / 2), round((1 + ex + 0.6 * ew) * res / 2)
+        patch = rgb[:, :, r0:r1, c0:c1]
+        # Sclera is neutral grey, this iris blue, skin, lashes and brows warm (darkening keeps the
+        # hue): the eye opening is where blue comes close to red.
+        opening = patch[:, 2] / patch[:, 0].clamp(min=1e-3) > 0.85
+        apertures[openness] = opening.flatten(1).sum(1).float()               # [rest, surprise]
+    rest_ratio = apertures[1.0][0] / apertures[0.0][0]
+    surprise_ratio = apertures[1.0][1] / apertures[0.0][1]
+    assert apertures[0.0][1] > 1.5 * apertures[0.0][0], apertures            # AU5 opens the narrow eye
+    assert surprise_ratio < rest_ratio - 0.1, (rest_ratio, surprise_ratio)
 
 
 def test_identity_variation_is_real_and_expressions_are_not_trivial(studio: ProceduralFaces) -> None:
@@ -235,7 +306,7 @@ def test_styles_differ_like_two_capture_setups() -> None:
         assert stats["natural"][key] > 2 * stats["studio"][key], (key, stats)
     # The populations differ too: natural draws from wider skin-tone, face-shape, pose and light
     # ranges, and its camera is blurrier.
-    from fertk.models._procedural_styles import STYLE_RANGES
+    from fertk.models.procedural import STYLE_RANGES
     for name in ("skin_tone", "face_width", "jaw", "yaw", "roll", "shift_x", "scale", "light_x"):
         (s_lo, s_hi), (n_lo, n_hi) = STYLE_RANGES["studio"][name], STYLE_RANGES["natural"][name]
         assert n_lo <= s_lo and n_hi >= s_hi and n_hi - n_lo > s_hi - s_lo, name
