@@ -23,7 +23,6 @@ from fertk.models.procedural.config import (
     IDENTITY_DIM,
     ProceduralConfig,
     identities_from_seeds,
-    identity_params,
     random_identities,
     to_gray01,
 )
@@ -46,7 +45,6 @@ __all__ = [
     "build_procedural",
     "expression_aus",
     "identities_from_seeds",
-    "identity_params",
     "procedural_card",
     "random_identities",
     "to_gray01",

@@ -54,11 +54,6 @@ class ProceduralConfig:
         return asdict(self)
 
 
-def identity_params() -> tuple[str, ...]:
-    """Names of the identity vector's columns, in order."""
-    return IDENTITY_PARAMS
-
-
 def random_identities(n: int, seed: int = 0) -> torch.Tensor:
     """n identity vectors [n, identity_dim] drawn uniformly from [0, 1) with a seeded generator."""
     if n < 0:
