@@ -54,3 +54,12 @@ class ArtifactError(FertkError):
 
 class DeviceUnavailableError(BackendUnavailableError, InvalidInputError):
     """A device was named that this machine does not have (CUDA asked for, none visible)."""
+
+
+def reject_unknown_keys(given: object, known: object, what: str) -> None:
+    """Raise InvalidInputError naming the keys of `given` that are not in `known` (and listing the known ones)."""
+    known_names = set(known)  # type: ignore[call-overload]
+    unknown = sorted(set(given) - known_names)  # type: ignore[call-overload]
+    if unknown:
+        raise InvalidInputError(f"unknown {what}(s): {', '.join(unknown)}",
+                                hint="known: " + ", ".join(sorted(known_names)))

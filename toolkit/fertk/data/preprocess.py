@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from fertk.core.emotions import ALL_EMOTIONS, class_index
-from fertk.core.errors import DatasetError, InvalidInputError
+from fertk.core.errors import DatasetError, InvalidInputError, reject_unknown_keys
 from fertk.core.io import atomic_target, sha256_bytes
 from fertk.core.progress import Progress, emit
 from fertk.data.images import quiet_opencv, read_image
@@ -92,11 +92,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
         """Inverse of `to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown preprocess option(s): {', '.join(unknown)}",
-                                    hint="known: " + ", ".join(sorted(known)))
+        reject_unknown_keys(data, (f.name for f in fields(cls)), "preprocess option")
         return cls(**data)
 
     def fingerprint(self) -> str:

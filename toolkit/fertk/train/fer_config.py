@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fertk.core.errors import InvalidInputError
+from fertk.core.errors import InvalidInputError, reject_unknown_keys
 from fertk.models.fer_cnn import INPUT_SIZE, VARIANTS
 
 PLATEAU_FRACTION = 0.98  # best val loss >= this × ln K: the model still predicts (nearly) uniformly
@@ -65,11 +65,7 @@ class FerTrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FerTrainConfig":
         """Inverse of to_dict; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown FER training option(s): {', '.join(unknown)}",
-                                    hint="known: " + ", ".join(sorted(known)))
+        reject_unknown_keys(data, (f.name for f in fields(cls)), "FER training option")
         return cls(**dict(data))
 
 
