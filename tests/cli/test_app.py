@@ -53,3 +53,27 @@ def test_the_cli_imports_no_library_until_a_command_runs() -> None:
             "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'ray', 'cv2', 'matplotlib') if m in sys.modules)\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(TOOLKIT), "PATH": "/usr/bin:/bin"})
+
+
+
+def test_a_closed_stdout_pipe_stops_quietly() -> None:
+    """`fertk ... | head`: the reader leaves while a command still writes; fertk stops with exit 1
+    (click's own code for this) and no "error: BrokenPipeError" line."""
+    import typer
+    from typer.testing import CliRunner
+
+    from fertk.cli.app import FertkGroup
+
+    demo = typer.Typer(cls=FertkGroup)
+
+    @demo.command()
+    def write() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    @demo.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(demo, ["write"])
+    assert result.exit_code == 1, result.output
+    assert "error" not in result.output and "BrokenPipe" not in result.output, result.output

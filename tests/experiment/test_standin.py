@@ -17,18 +17,29 @@ from typer.testing import CliRunner
 from fertk.cli import app
 
 
-def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_path: Path) -> None:
+def _run_standin(seed: int, workdir: Path) -> tuple[dict, Path]:
+    """`fertk experiment init --procedural --preset tiny` then `fertk experiment` on it, with the
+    experiment's and the split's seed set to `seed` (the data stay the preset's): (JSON, config)."""
     runner = CliRunner()
-    init = runner.invoke(app, ["experiment", "init", "--procedural", str(tmp_path), "--preset", "tiny", "--json"])
+    init = runner.invoke(app, ["experiment", "init", "--procedural", str(workdir), "--preset", "tiny", "--json"])
     assert init.exit_code == 0, init.output
     config = Path(json.loads(init.stdout)["config"])
-
+    if seed:
+        text = config.read_text()
+        assert text.count("\nseed = 0\n") == 2, "the preset's [experiment] and [split] seeds"
+        config.write_text(text.replace("\nseed = 0\n", f"\nseed = {seed}\n"))
     result = runner.invoke(app, ["experiment", str(config), "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["ran"] == 10 and not data["failed"]  # 5 mixes x 2 repeats
+    return json.loads(result.stdout), config
+
+
+def standin_statistics(seed: int, workdir: Path, data: dict | None = None) -> dict[str, float]:
+    """What the stand-in test checks, for the tiny preset run with experiment and split seed
+    `seed` (or for its JSON `data`): cross-style accuracies and their gaps. Also run by
+    tests/tools/threshold_sweep.py over several seeds."""
+    if data is None:
+        data, _ = _run_standin(seed, workdir)
     rows = {row["cell"]: row for row in data["summary"]["rows"]}
-    assert set(rows) == {"real", "synthetic-natural", "synthetic-shuffled", "mix-natural-k002", "mix-shuffled-k002"}
 
     def cross(cell: str) -> float:
         return rows[cell]["accuracy"]["natural"]["mean"]
@@ -37,27 +48,54 @@ def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_
         return rows[cell]["values"]["natural"]
 
     real, helped, control = cross("real"), cross("mix-natural-k002"), cross("mix-shuffled-k002")
-    print(f"cross-style accuracy: real only {real:.3f}, + 2 natural units {helped:.3f}, "
-          f"+ 2 shuffled units {control:.3f}; per repeat {per_repeat('real')}, {per_repeat('mix-natural-k002')}, "
-          f"{per_repeat('mix-shuffled-k002')}")
-    chance = 1 / 2  # two emotions (anger, sadness): the tiny preset's world
-    # Measured (AVX2 EPYC, one run of the 2 repeats, 2026-12-01): in-db test 0.875; cross-style real
-    # only 0.708 / 0.604, + 2 natural units 0.792 / 0.750, + 2 shuffled 0.708 / 0.542. The margins
-    # below are half of those gaps: they rest on that one run, not yet on a sweep over seeds.
-    # The baseline learned its own (studio) database: well above chance on the held-out subjects.
-    assert rows["real"]["accuracy"]["test"]["mean"] > chance + 0.2
-    # Synthetic units in the target style help the cross-database test, in every repeat.
-    assert helped > real + 0.05
-    assert all(m > r for m, r in zip(per_repeat("mix-natural-k002"), per_repeat("real")))
-    # The same faces with shuffled labels do not: no better than real only, below the true labels.
-    assert control < real + 0.05
-    assert control < helped - 0.07
-    # The cells the verdict rests on trained (left the CNN's initial plateau of uniform predictions).
-    assert rows["real"]["plateau"] == 0 and rows["mix-natural-k002"]["plateau"] == 0
+    return {
+        "in_db": rows["real"]["accuracy"]["test"]["mean"],
+        "gain": helped - real,
+        "worst_repeat_gain": min(m - r for m, r in zip(per_repeat("mix-natural-k002"), per_repeat("real"))),
+        "control_gain": control - real,
+        "true_vs_shuffled": helped - control,
+        "plateaus": float(rows["real"]["plateau"] + rows["mix-natural-k002"]["plateau"]),
+    }
+
+
+# Bounds from a sweep over 8 seeds (tests/tools/threshold_sweep.py standin-tiny --seeds 0-7; the
+# values are in tests/tools/sweeps/standin-tiny-xeon-avx512-2026-12-02.json, 2-core Intel Xeon with
+# AVX-512). The sweep's rule: a bound clears the worst seed by a quarter of the seeds' range. Chance
+# is 1/2 (two emotions, anger and sadness: the tiny preset's world). Worst seed (of 8) -> bound:
+STANDIN_LIMITS: tuple[tuple[str, str, float], ...] = (
+    # The baseline learned its own (studio) database: 0.75 (seed 7) -> > 0.65.
+    ("in_db", ">", 0.65),
+    # Natural-style synthetic units lift the cross-style test (mean over repeats): 0.0375 (seed 5)
+    # -> > 0. Mean 0.12 over the seeds; this one clears its bound by slightly less than the rule's
+    # margin (0.04): the claim is the sign, and the shuffled control below is what it is weighed by.
+    ("gain", ">", 0.0),
+    # No repeat gets worse by more than 6 of its 120 test faces: -0.008 (seed 1) -> > -0.05.
+    ("worst_repeat_gain", ">", -0.05),
+    # The same faces with shuffled labels do not help: -0.05 (seed 0) -> < 0.
+    ("control_gain", "<", 0.0),
+    # ... and stay well below the true labels: 0.142 (seed 5) -> > 0.08.
+    ("true_vs_shuffled", ">", 0.08),
+    # Runs of the verdict's cells (real only, real + 2 natural; 2 repeats each) that ended on the
+    # CNN's initial plateau: 2 (seed 7; the tiny preset's restart cannot fire in time, see its
+    # comment in fertk.experiment.standin) -> < 3: never three of the four.
+    ("plateaus", "<", 3.0),
+)
+
+
+def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_path: Path) -> None:
+    data, config = _run_standin(0, tmp_path)
+    assert data["ran"] == 10 and not data["failed"]  # 5 mixes x 2 repeats
+    rows = {row["cell"]: row for row in data["summary"]["rows"]}
+    assert set(rows) == {"real", "synthetic-natural", "synthetic-shuffled", "mix-natural-k002", "mix-shuffled-k002"}
+    stats = standin_statistics(0, tmp_path, data)
+    print("stand-in statistics:", stats)
+    broken = [f"{name} = {stats[name]:.4f}, expected {op} {bound}" for name, op, bound in STANDIN_LIMITS
+              if not (stats[name] < bound if op == "<" else stats[name] > bound)]
+    assert not broken, (broken, stats)
     # Two repeats give an interval (t with 1 degree of freedom) around each mean.
     assert rows["real"]["accuracy"]["natural"]["half_width"] is not None
     gain = rows["mix-natural-k002"]["gain_vs_real"]["natural"]
-    assert abs(gain["mean"] - (helped - real)) < 1e-9
+    assert abs(gain["mean"] - stats["gain"]) < 1e-9
 
     run_dir = Path(data["run_dir"])
     summary = (run_dir / "report" / "summary.md").read_text()
@@ -67,7 +105,7 @@ def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_
         assert (run_dir / "report" / name).stat().st_size > 0, name
 
     # Rerunning finds every cell finished and trains nothing.
-    again = runner.invoke(app, ["experiment", str(config), "--json"])
+    again = CliRunner().invoke(app, ["experiment", str(config), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["skipped"] == 10
 

@@ -110,19 +110,23 @@ class _Foreign(nn.Module):
         return torch.softmax(self.head(y) * 4, dim=1)
 
 
-def _foreign_onnx(tmp_path, size=40):
+def _foreign_onnx(tmp_path, size=40, names=("input", "probs")):
     path = tmp_path / "foreign.onnx"
     model = _Foreign().eval()
-    torch.onnx.export(model, (torch.zeros(2, size, size, 3),), str(path), dynamo=False, input_names=["input"],
-                      output_names=["probs"], dynamic_axes={"input": {0: "n"}, "probs": {0: "n"}})
+    first, last = names
+    torch.onnx.export(model, (torch.zeros(2, size, size, 3),), str(path), dynamo=False, input_names=[first],
+                      output_names=[last], dynamic_axes={first: {0: "n"}, last: {0: "n"}})
     return path, model
 
 
-def test_onnx_judge_with_card_runs_like_the_original(tmp_path):
+# A foreign graph may use the wrapper's own tensor names: an input called "image" is common (the
+# FER2013 CNN of facial-emotion-recognition exported by docs/make_second_judge.py is one).
+@pytest.mark.parametrize("names", [("input", "probs"), ("image", "logits")], ids=["own-names", "fertk-names"])
+def test_onnx_judge_with_card_runs_like_the_original(tmp_path, names):
     from fertk.evaluate import open_judge, predict_logits
     from fertk.synth.engines import FaceScorer
 
-    path, model = _foreign_onnx(tmp_path)
+    path, model = _foreign_onnx(tmp_path, names=names)
     card = {"classes": ["Angry", "Happy", "sad", "Neutral"], "input_size": 40, "channels": 3, "layout": "NHWC",
             "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "output": "probabilities"}
     (tmp_path / "foreign.onnx.judge.json").write_text(json.dumps(card))

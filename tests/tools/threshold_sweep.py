@@ -58,6 +58,8 @@ PROBES: dict[str, Probe] = {
                            tuple(range(8)), "Table-1 CNN, 2 procedural expressions, 24 epochs (~15 s/seed)"),
     "int8-blobs": Probe("export/test_quantize.py", "int8_statistics", "INT8_LIMITS",
                         tuple(range(8)), "briefly trained FER CNN, QDQ INT8 vs fp32 (~10 s/seed)"),
+    "standin-tiny": Probe("experiment/test_standin.py", "standin_statistics", "STANDIN_LIMITS",
+                          tuple(range(4)), "the procedural stand-in experiment, tiny preset, 10 cells (~3 min/seed)"),
 }
 
 

@@ -8,6 +8,7 @@ which keeps `fertk --help` fast.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import typer
@@ -45,6 +46,17 @@ def report_error(exc: BaseException) -> int:
     return 1
 
 
+def closed_pipe_exit() -> int:
+    """The reader of stdout went away (`fertk ... | head`): stop quietly with exit 1, as click does
+    when its own help output meets a closed pipe, without Python's flush error at shutdown."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 1
+
+
 class FertkGroup(TyperGroup):
     """Root command group that maps library errors to one line and an exit code."""
 
@@ -56,6 +68,8 @@ class FertkGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise SystemExit(130) from None
+        except BrokenPipeError:
+            raise SystemExit(closed_pipe_exit()) from None
         except Exception as exc:  # noqa: BLE001 - the error table is the point
             # Typer's (or click's) own exit/usage signals keep their meaning.
             if type(exc).__module__.split(".")[0] in ("typer", "click") or debug_enabled():

@@ -2,7 +2,8 @@
 
 `progress_display(title)` yields the callback to hand a job. Events with a total move a bar on
 stderr (description = the event's message, the unit's count, rate and ETA); other events print
-one line each ("message", "start", "done", "skip", "failed", ...). Off (enabled=False, or
+one line each, led by the kind ("start", "done", "skip", "failed", ...; "message" and "row"
+lines are the text alone). Off (enabled=False, or
 stderr not a terminal and `lines=False`) it yields a callback that drops everything.
 """
 
@@ -16,6 +17,8 @@ from fertk.core.progress import Progress, ProgressEvent
 
 # Kinds that only move the bar; every other kind is also worth a line of its own.
 QUIET_KINDS = frozenset({"advance"})
+# Kinds whose lines are plain text: their kind would read as noise ("message Loading ...").
+UNLABELLED_KINDS = frozenset({"message", "row"})
 
 
 @contextmanager
@@ -38,7 +41,8 @@ def progress_display(title: str, *, enabled: bool = True, lines: bool = True,
             text = describe(event) if describe is not None else (event.message or title)
             bars.update(task, completed=event.done, total=event.total, unit=event.unit, description=escape(text))
         if lines and event.kind not in QUIET_KINDS and event.message:
-            bars.console.print(f"[dim]{escape(event.kind)}[/] {escape(event.message)}", highlight=False)
+            label = "" if event.kind in UNLABELLED_KINDS else f"[dim]{escape(event.kind)}[/] "
+            bars.console.print(label + escape(event.message), highlight=False)
 
     with bars:
         yield on_event

@@ -440,14 +440,30 @@ def _onnx_judge(path: Path, card: JudgeCard) -> Judge:
                               f"{', '.join(map(str, want))}] ({card.layout})")
     card.sha256 = card.sha256 or sha256_file(path)
     card.source = card.source or str(path)
-    wrapped = wrap_onnx(model, card)
+    wrapped = wrap_onnx(model, card, where=path)
     digest = sha256_bytes(wrapped)[:16]
     target = cache_dir("judges") / f"{path.stem}-{digest}.onnx"
     _write_cached(target, wrapped)
     return Judge(card, path, "onnx", onnx_path=target)
 
 
-def wrap_onnx(model: Any, card: JudgeCard) -> bytes:
+def _rename_tensor(graph: Any, old: str, new: str) -> None:
+    """Rename tensor `old` to `new` everywhere in `graph` (and in the subgraphs of its nodes)."""
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_tensor(sub, old, new)
+
+
+def wrap_onnx(model: Any, card: JudgeCard, *, where: str | Path | None = None) -> bytes:
     """The foreign graph with `image` [batch, 1, S, S] in [0, 1] → its input, and its output → `logits`."""
     import numpy as np
     import onnx
@@ -455,10 +471,17 @@ def wrap_onnx(model: Any, card: JudgeCard) -> bytes:
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
+    prefix = "fertk_judge_"
+    # The wrapper owns the names `image` and `logits` (and its prefix): a foreign graph that uses
+    # them itself (an input called "image" is common) has its tensors renamed first.
+    taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
+    taken |= {v.name for v in list(graph.input) + list(graph.output)} | {i.name for i in graph.initializer}
+    for name in sorted(taken):
+        if name in ("image", "logits") or name.startswith(prefix):
+            _rename_tensor(graph, name, prefix + "foreign_" + name)
     init_names = {i.name for i in graph.initializer}
     original_in = next(i for i in graph.input if i.name not in init_names)
     original_out = graph.output[0]
-    prefix = "fertk_judge_"
     size, channels = card.input_size, card.channels
     mean = _per_channel(card.mean, channels).numpy().astype(np.float32)
     inv_std = (1.0 / _per_channel(card.std, channels)).numpy().astype(np.float32)
@@ -493,7 +516,7 @@ def wrap_onnx(model: Any, card: JudgeCard) -> bytes:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise CheckpointError(f"{card.source}: the wrapped ONNX judge does not validate "
+        raise CheckpointError(f"{where or card.source}: the wrapped ONNX judge does not validate "
                               f"({first_line(exc, 200)})") from None
     return model.SerializeToString()
 
