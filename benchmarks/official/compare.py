@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="paper")
     parser.add_argument("--parts", default="components,pipeline", help="components, pipeline or both")
     parser.add_argument("--backends", default="torch,ort", help="fertk backends to time")
+    parser.add_argument("--precisions", default="fp32",
+                        help="pipeline precisions to time, e.g. fp32,bf16 (bf16: torch autocast; ORT runs fp32 only)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pipeline-batch", type=int, default=4, help="identities per fertk pipeline call")
@@ -319,10 +321,19 @@ def main(argv: list[str] | None = None) -> int:
         if off_sg2 is not None and off_star is not None:
             z0 = torch.from_numpy(z[:1])
             variants["official"] = ((lambda: official_pipeline(off_sg2, off_star, z0, labels, size, box, out_side)), 1)
+        low_precision: dict[str, Any] = {}
         for backend in backends:
-            eng = open_engine(pipeline, backend=backend, device="cpu", **(ort_opts if backend == "ort" else {}))
-            engines.append(eng)
-            variants[f"fertk-{backend}"] = ((lambda e=eng: e.run({"latent": z, "intensity": alpha})), batch)
+            for precision in [p for p in args.precisions.split(",") if p]:
+                if precision != "fp32" and backend != "torch":
+                    log(f"  {backend} {precision}: skipped (only the torch engine runs low precision on CPU)")
+                    continue
+                options = dict(ort_opts) if backend == "ort" else ({"autocast": True} if precision != "fp32" else {})
+                eng = open_engine(pipeline, backend=backend, device="cpu", precision=precision, **options)
+                engines.append(eng)
+                name = f"fertk-{backend}" + ("" if precision == "fp32" else f"-{precision}")
+                variants[name] = ((lambda e=eng: e.run({"latent": z, "intensity": alpha})), batch)
+                if precision != "fp32":
+                    low_precision[name] = eng
         pipe_res = interleaved(variants, args.rounds, log)
         report["pipeline"] = {"results": pipe_res, "fertk_batch": batch, "output_size": out_side,
                               "crop_pixels": list(box)}
@@ -333,6 +344,16 @@ def main(argv: list[str] | None = None) -> int:
                 got = pipeline(torch.from_numpy(z[:1]), torch.from_numpy(alpha[:1])).numpy()[0]
             diff = np.abs(ref.astype(int) - got.astype(int))
             report["pipeline"]["vs_official_grey_levels"] = {"max": int(diff.max()), "mean": float(diff.mean())}
+        # Low precision changes what is generated: how much, on the timed batch, against fp32 fertk.
+        if low_precision:
+            with torch.no_grad():
+                fp32_faces = pipeline(torch.from_numpy(z), torch.from_numpy(alpha)).numpy().astype(int)
+            report["pipeline"]["low_precision_vs_fp32_grey_levels"] = {}
+            for name, eng in low_precision.items():
+                diff = np.abs(np.asarray(eng.run({"latent": z, "intensity": alpha})["faces"]).astype(int) - fp32_faces)
+                report["pipeline"]["low_precision_vs_fp32_grey_levels"][name] = {
+                    "max": int(diff.max()), "mean": float(diff.mean()), "share_changed": float((diff > 0).mean())}
+                log(f"  {name} vs fp32: max {int(diff.max())} grey levels, {100 * float((diff > 0).mean()):.2f} % of pixels changed")
 
     for eng in engines:
         report.setdefault("engines", []).append(eng.describe())
