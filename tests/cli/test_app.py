@@ -55,7 +55,6 @@ def test_the_cli_imports_no_library_until_a_command_runs() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(TOOLKIT), "PATH": "/usr/bin:/bin"})
 
 
-
 def test_a_closed_stdout_pipe_stops_quietly() -> None:
     """`fertk ... | head`: the reader leaves while a command still writes; fertk stops with exit 1
     (click's own code for this) and no "error: BrokenPipeError" line."""
@@ -71,7 +70,7 @@ def test_a_closed_stdout_pipe_stops_quietly() -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
     @demo.command()
-    def other() -> None:
+    def other() -> None:  # a second command keeps `demo` a group (one command would run without its name)
         pass
 
     result = CliRunner().invoke(demo, ["write"])

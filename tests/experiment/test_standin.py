@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from fertk.cli import app
 
+from tests.tools.limits import broken_limits
+
 
 def _run_standin(seed: int, workdir: Path) -> tuple[dict, Path]:
     """`fertk experiment init --procedural --preset tiny` then `fertk experiment` on it, with the
@@ -89,9 +91,7 @@ def test_procedural_standin_synthetic_units_help_and_shuffled_labels_do_not(tmp_
     assert set(rows) == {"real", "synthetic-natural", "synthetic-shuffled", "mix-natural-k002", "mix-shuffled-k002"}
     stats = standin_statistics(0, tmp_path, data)
     print("stand-in statistics:", stats)
-    broken = [f"{name} = {stats[name]:.4f}, expected {op} {bound}" for name, op, bound in STANDIN_LIMITS
-              if not (stats[name] < bound if op == "<" else stats[name] > bound)]
-    assert not broken, (broken, stats)
+    assert not broken_limits(stats, STANDIN_LIMITS), (broken_limits(stats, STANDIN_LIMITS), stats)
     # Two repeats give an interval (t with 1 degree of freedom) around each mean.
     assert rows["real"]["accuracy"]["natural"]["half_width"] is not None
     gain = rows["mix-natural-k002"]["gain_vs_real"]["natural"]

@@ -23,6 +23,8 @@ from fertk.export import ExportOptions, export_module
 from fertk.export.onnx import export_onnx
 from fertk.export.quantize import calibration_feeds, convert_fp16, faces_to_input, split_feeds
 
+from tests.tools.limits import broken_limits
+
 SIZE = 16
 
 
@@ -113,11 +115,6 @@ INT8_LIMITS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-def _broken(stats: dict[str, float], limits) -> list[str]:
-    return [f"{k} = {stats[k]:.4f}, expected {op} {bound}" for k, op, bound in limits
-            if not (stats[k] < bound if op == "<" else stats[k] > bound)]
-
-
 def test_int8_qdq_keeps_accuracy_of_a_trained_classifier(trained_fer, tmp_path: Path) -> None:
     model, card = trained_fer
     artifact = _int8_artifact(model, card, tmp_path / "fer")
@@ -130,7 +127,7 @@ def test_int8_qdq_keeps_accuracy_of_a_trained_classifier(trained_fer, tmp_path: 
     stats = {"fp32_accuracy": accuracy["fp32_accuracy"], "argmax_agreement": accuracy["argmax_agreement"],
              "int8_drop": accuracy["fp32_accuracy"] - accuracy["int8_accuracy"],
              "fresh_int8_accuracy": _fresh_accuracy(artifact)}
-    assert not _broken(stats, INT8_LIMITS), (_broken(stats, INT8_LIMITS), stats)
+    assert not broken_limits(stats, INT8_LIMITS), (broken_limits(stats, INT8_LIMITS), stats)
 
 
 def test_int8_agreement_gate_fails_loudly(trained_fer, tmp_path: Path) -> None:

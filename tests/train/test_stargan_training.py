@@ -20,6 +20,8 @@ from fertk.models.weights import read_state_dict
 from fertk.train.stargan import learning_rate, prepare_images, train_stargan
 from fertk.train.stargan_config import StarGANTrainConfig
 
+from tests.tools.limits import broken_limits
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
@@ -244,22 +246,12 @@ SHORT_RUN_LIMITS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-def check_limits(stats: dict[str, float], limits: tuple[tuple[str, str, float], ...]) -> list[str]:
-    """The limits `stats` breaks, as readable lines (empty: all hold)."""
-    broken = []
-    for name, op, bound in limits:
-        value = stats[name]
-        if not (value < bound if op == "<" else value > bound):
-            broken.append(f"{name} = {value:.5f}, expected {op} {bound}")
-    return broken
-
-
 def test_short_run_teaches_the_discriminator_and_generator_the_expressions(tmp_path: Path) -> None:
     """Fast check with D's own classifier head (the independent-judge version is the slow test):
     D learns to tell expressions of unseen identities, and G's translations of unseen faces are
     classified as their targets, where the untrained G's are at chance."""
     stats = short_run_statistics(0, tmp_path)
-    assert not check_limits(stats, SHORT_RUN_LIMITS), (check_limits(stats, SHORT_RUN_LIMITS), stats)
+    assert not broken_limits(stats, SHORT_RUN_LIMITS), (broken_limits(stats, SHORT_RUN_LIMITS), stats)
 
 
 @pytest.mark.slow
