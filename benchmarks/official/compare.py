@@ -23,7 +23,9 @@ round, rounds repeated (A B C A B C ...), medians over rounds:
   ψ 0.7, const noise → area resize 256 → 128 → StarGAN on the 6 expressions → crop / BT.601
   gray / INTER_AREA 64 px / uint8, written below as `official_pipeline`) vs fertk's fused
   generation graph (`fertk.models.pipeline`) on each backend at `--pipeline-batch` identities
-  per call, and the backend `--backend auto` picks.
+  per call, and the backend `--backend auto` picks. `--precisions fp32,bf16-translator` adds
+  what `fertk synth --translator-precision bf16` runs: StyleGAN2 fp32 on onnxruntime, StarGAN in
+  bf16 autocast on torch (`fertk.synth.engines.open_generation_engine`'s staged engine).
 
 `--scale small` builds tiny models (seconds, for a smoke test of the script itself).
 Threads: torch.set_num_threads and the ORT session both get `--threads` (default 2).
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="components,pipeline", help="components, pipeline or both")
     parser.add_argument("--backends", default="torch,ort", help="fertk backends to time")
     parser.add_argument("--precisions", default="fp32",
-                        help="pipeline precisions to time, e.g. fp32,bf16 (bf16: torch autocast; ORT runs fp32 only)")
+                        help="pipeline precisions to time, e.g. fp32,bf16,bf16-translator (bf16: the whole graph in torch "
+                             "autocast; bf16-translator: StarGAN in bf16, StyleGAN2 fp32 on ORT; ORT runs fp32 only)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pipeline-batch", type=int, default=4, help="identities per fertk pipeline call")
@@ -322,8 +325,19 @@ def main(argv: list[str] | None = None) -> int:
             z0 = torch.from_numpy(z[:1])
             variants["official"] = ((lambda: official_pipeline(off_sg2, off_star, z0, labels, size, box, out_side)), 1)
         low_precision: dict[str, Any] = {}
+        wanted = [p for p in args.precisions.split(",") if p]
+        if "bf16-translator" in wanted:
+            from dataclasses import replace
+
+            from fertk.synth.engines import open_generation_engine
+
+            staged_pipeline = build_pipeline(replace(config, translator_precision="bf16"))
+            eng = open_generation_engine(staged_pipeline, backend="auto", device="cpu", precision="fp32", **ort_opts)
+            engines.append(eng)
+            variants["fertk-auto-bf16-translator"] = ((lambda e=eng: e.run({"latent": z, "intensity": alpha})), batch)
+            low_precision["fertk-auto-bf16-translator"] = eng
         for backend in backends:
-            for precision in [p for p in args.precisions.split(",") if p]:
+            for precision in [p for p in wanted if p != "bf16-translator"]:
                 if precision != "fp32" and backend != "torch":
                     log(f"  {backend} {precision}: skipped (only the torch engine runs low precision on CPU)")
                     continue

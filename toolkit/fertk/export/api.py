@@ -115,6 +115,12 @@ def _stylegan2_source(generator: Any, card: dict[str, Any], options: SamplingOpt
 
 def _pipeline_source(pipeline: GenerationPipeline) -> ModelSource:
     """The generation pipeline with its StyleGAN2 half-precision layers (if any) in float32."""
+    if pipeline.config.translator_precision:
+        raise InvalidInputError(
+            f"translator_precision {pipeline.config.translator_precision!r} runs StarGAN under torch autocast, "
+            "which an ONNX graph cannot carry (onnxruntime has no bf16 convolutions on CPU)",
+            hint="export the pipeline without translator_precision; `fertk synth --translator-precision bf16` "
+                 "runs StyleGAN2 exported and StarGAN on torch")
     pipeline.set_fp16_layers(target="export")
     card = pipeline.card()
     return ModelSource(

@@ -20,7 +20,9 @@ no resize op with backend-specific antialiasing is involved.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from fertk.models.stylegan2 import fp16_layers_choice, load_stylegan2
 
 GENERATORS = ("procedural", "stylegan2")
 TRANSLATORS = ("stargan",)
+TRANSLATOR_PRECISIONS = ("bf16",)
 BT601 = (0.299, 0.587, 0.114)
 # ROI box (top, left, height, width) as fractions of the generator image.
 DEFAULT_CROPS: dict[str, tuple[float, float, float, float]] = {
@@ -58,6 +61,10 @@ class PipelineConfig:
     translator_weights: str | None = None          # StarGAN G weights (required for stargan)
     translator_classes: tuple[str, ...] | None = None  # StarGAN label order; None: from its card
     translator_size: int | None = None             # StarGAN input side; None: its card's (128, the paper's)
+    # StarGAN's arithmetic: None = the graph's precision; "bf16" = StarGAN under bf16 autocast with
+    # StyleGAN2 in fp32 (on AMX / AVX512-BF16 CPUs 2.6-3x faster StarGAN within the bf16 tolerance;
+    # StyleGAN2 in bf16 is not: up to 19 grey levels, benchmarks/official).
+    translator_precision: str | None = None
     emotions: tuple[str, ...] = EKMAN              # expressions generated per identity, in order
     crop: tuple[float, float, float, float] | None = None  # (top, left, height, width); None: default
     output_size: int = 64                          # side of the output faces
@@ -98,6 +105,14 @@ class PipelineConfig:
                     hint="StarGAN downsamples twice by 2; the authors trained at 256, fertk's default is 128")
             if self.generator == "procedural":
                 raise InvalidInputError("--translator-size needs --generator stylegan2 (the procedural "
+                                        "generator has no translator)")
+        if self.translator_precision is not None:
+            if self.translator_precision not in TRANSLATOR_PRECISIONS:
+                raise InvalidInputError(f"unknown translator precision {self.translator_precision!r}",
+                                        hint="choose " + " or ".join(TRANSLATOR_PRECISIONS)
+                                             + " (or leave it out: the graph's precision)")
+            if self.generator == "procedural":
+                raise InvalidInputError("--translator-precision needs --generator stylegan2 (the procedural "
                                         "generator has no translator)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +251,7 @@ class GenerationPipeline(nn.Module):
             self.register_buffer("to_translator", resize, persistent=False)
             self.register_buffer("to_translator_t", resize.t().contiguous(), persistent=False)
         self.channels = channels
+        self.translator_bf16 = config.translator_precision == "bf16"
         # The box is a fraction of the final expression image: the render (procedural) or StarGAN's output.
         post_size = self.image_size if config.generator == "procedural" else self.translator_size
         self.post = Postprocess(post_size, config.crop, config.output_size, channels)  # type: ignore[arg-type]
@@ -256,22 +272,54 @@ class GenerationPipeline(nn.Module):
             images = self.generator.render_expressions(latent, aus)               # [B, E, C, H, W]
             images = images.reshape(-1, self.channels, self.image_size, self.image_size)
             return self.post(images).reshape(-1, count, side, side)
-        # StarGAN computes only the crop box (its last conv is local); the postprocess takes the box.
-        return self.post.reduce(self._gan_images(latent, intensity)).reshape(-1, count, side, side)
+        return self.translate(self.identity_images(latent), intensity)
 
-    def _gan_images(self, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        count = len(self.emotions)
-        size = self.translator_size
+    def identity_images(self, z: torch.Tensor) -> torch.Tensor:
+        """GAN path, first stage: StyleGAN2 identities [B, 3, S, S] in [-1, 1] at the translator side."""
         faces = self.generator(z, None, truncation_psi=self.config.truncation, noise_mode="const")
         faces = faces.clamp(-1.0, 1.0)
-        if self.image_size != size:
+        if self.image_size != self.translator_size:
             faces = torch.matmul(torch.matmul(self.to_translator, faces), self.to_translator_t)
+        return faces
+
+    def translate(self, faces: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """GAN path, second stage: identities [B, 3, S, S] + intensities [B, E] → uint8 faces [B, E, s, s]."""
+        count = len(self.emotions)
+        side = self.config.output_size
         a = alpha.unsqueeze(2)
         labels = a * self.targets.unsqueeze(0) + (1.0 - a) * self.source.reshape(1, 1, -1)  # [B, E, c_dim]
         # The E expressions of an identity share its face: StarGAN's first conv sees it once (its
         # image part), the labels enter as a per-class response map (StarGANGenerator.forward_shared).
         torch._assert(labels.shape[1] == count, "one label vector per expression")
-        return self.translator.forward_shared(faces, labels, box=self.post.box)
+        # StarGAN computes only the crop box (its last conv is local); the postprocess takes the box.
+        if self.translator_bf16:
+            with torch.autocast(faces.device.type, dtype=torch.bfloat16):
+                images = self.translator.forward_shared(faces, labels, box=self.post.box)
+            images = images.float()
+        else:
+            images = self.translator.forward_shared(faces, labels, box=self.post.box)
+        return self.post.reduce(images).reshape(-1, count, side, side)
+
+    def set_translator_precision(self, precision: str | None) -> None:
+        """Run StarGAN in `precision` ("bf16" or None: the graph's), recorded in the config."""
+        self.config = replace(self.config, translator_precision=precision)
+        self.translator_bf16 = precision == "bf16"
+
+    @contextmanager
+    def fp32_translator(self) -> Iterator[None]:
+        """StarGAN in fp32 inside the block whatever `translator_precision` says (parity references)."""
+        saved, self.translator_bf16 = self.translator_bf16, False
+        try:
+            yield
+        finally:
+            self.translator_bf16 = saved
+
+    def stages(self) -> tuple[nn.Module, nn.Module]:
+        """The GAN graph as two modules with specs, (identities, translation), for engines that run
+        them apart (StyleGAN2 exported, StarGAN in bf16 on torch); chained they equal `forward`."""
+        if self.config.generator != "stylegan2":
+            raise InvalidInputError("only the StyleGAN2 + StarGAN graph has stages")
+        return IdentityStage(self), TranslationStage(self)
 
     def set_fp16_layers(self, *, device: str = "cpu", precision: str = "fp32", target: str = "torch",
                         force: bool = False) -> str | None:
@@ -324,6 +372,57 @@ class GenerationPipeline(nn.Module):
             **gan,
             **self._cards,
         }
+
+
+STAGE_IMAGE = "identity_images"
+
+
+@dataclass
+class StageConfig:
+    """A stage's config as a dict (what `to_dict` returns)."""
+
+    values: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return dict(self.values)
+
+
+class IdentityStage(nn.Module):
+    """latent float32[batch, D] → identity_images float32[batch, 3, S, S] (GenerationPipeline.identity_images)."""
+
+    def __init__(self, pipeline: GenerationPipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        size = pipeline.translator_size
+        self.input_specs = pipeline.input_specs[:1]
+        self.output_specs = (TensorSpec(STAGE_IMAGE, "float32", ("batch", 3, size, size)),)
+
+    @property
+    def config(self) -> "StageConfig":
+        """What the stage computes (an export's cache key reads it): the pipeline's config, the stage
+        and how StyleGAN2's half-precision layers run."""
+        return StageConfig({**self.pipeline.config.to_dict(), "stage": STAGE_IMAGE,
+                            "fp16_layers": self.pipeline.generator.fp16_layers.describe()})
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """The StyleGAN2 identities at the translator's input side."""
+        return self.pipeline.identity_images(latent)
+
+
+class TranslationStage(nn.Module):
+    """identity_images + intensity → faces uint8[batch, E, s, s] (GenerationPipeline.translate)."""
+
+    def __init__(self, pipeline: GenerationPipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        size = pipeline.translator_size
+        self.input_specs = (TensorSpec(STAGE_IMAGE, "float32", ("batch", 3, size, size)), pipeline.input_specs[1])
+        self.output_specs = pipeline.output_specs
+
+    def forward(self, identity_images: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+        """Every expression of each identity, postprocessed."""
+        return self.pipeline.translate(identity_images, intensity)
 
 
 def _attr(module: nn.Module, name: str) -> Any:

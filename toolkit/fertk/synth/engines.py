@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from fertk.core.specs import TensorSpec
 from fertk.export import open_engine
 from fertk.engines.base import Engine
 from fertk.engines.choice import DEFAULT_BATCH, GenerationChoice, choose_generation
+from fertk.engines.staged import StagedEngine
 from fertk.engines.torch_engine import TorchEngine, fp32_only
 from fertk.models.judges import load_judge
 
@@ -35,9 +37,28 @@ def concrete_precision(precision: str) -> str:
 
 def open_generation_engine(module: torch.nn.Module, *, backend: str, device: str, precision: str,
                            **opts: Any) -> Engine:
-    """An engine over the fused generation graph (specs from the module)."""
+    """An engine over the fused generation graph (specs from the module).
+
+    With StarGAN in bf16 (`translator_precision`) on a backend other than torch, the graph runs in
+    two stages: StyleGAN2 (fp32) on that backend, then StarGAN + postprocess on torch, where bf16
+    autocast uses the CPU's AMX / AVX512-BF16 units (onnxruntime has no bf16 convolutions on CPU).
+    """
     if backend == "auto" and str(device or "cpu").startswith("cpu") and precision == "fp32":
         backend = auto_cpu_backend(str(module.config.generator))
+    if getattr(module.config, "translator_precision", None) and backend != "torch":
+        if precision not in ("fp32", "auto"):
+            raise InvalidInputError(f"--translator-precision {module.config.translator_precision} runs StyleGAN2 "
+                                    f"in fp32; it cannot be combined with --precision {precision}")
+        identities, translation = module.stages()
+        first = _open(identities, backend=backend, device=device, precision="fp32",
+                      input_specs=identities.input_specs, output_specs=identities.output_specs, **opts)
+        try:
+            second = TorchEngine(translation, translation.input_specs, translation.output_specs,
+                                 device=device or "cpu", precision="fp32")
+        except BaseException:
+            first.close()
+            raise
+        return StagedEngine([("stylegan2", first), ("stargan", second)], module.input_specs, module.output_specs)
     return _open(module, backend=backend, device=device, precision=precision,
                  input_specs=module.input_specs, output_specs=module.output_specs, **opts)
 
@@ -113,9 +134,11 @@ def parity_vs_fp32(module: torch.nn.Module, engine: Engine, device: str, batch: 
     inputs = _seeded_inputs(module, batch, seed)
     got = np.asarray(engine.run(inputs)["faces"])[:identities].astype(np.int16)
     reference_engine = TorchEngine(module, module.input_specs, module.output_specs, device=device, precision="fp32")
+    full = getattr(module, "fp32_translator", None)
     try:
         few = {k: v[:identities] for k, v in inputs.items()}
-        want = np.asarray(reference_engine.run(few)["faces"]).astype(np.int16)
+        with full() if full is not None else nullcontext():
+            want = np.asarray(reference_engine.run(few)["faces"]).astype(np.int16)
     finally:
         reference_engine.close()
     diff = np.abs(got - want[: len(got)])

@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 CONTENT_OPTIONS = (
     "n", "seed", "emotions", "intensity", "format", "shard_size", "generator", "generator_weights",
     "translator_weights", "truncation", "style", "framing", "crop", "output_size", "precision", "filter",
-    "filter_threshold", "filter_max_attempts", "translator_size",
+    "filter_threshold", "filter_max_attempts", "translator_size", "translator_precision",
 )
 # How each content option is spelled on the command line (for the refusal message).
 OPTION_FLAGS = {
@@ -27,6 +27,7 @@ OPTION_FLAGS = {
     "truncation": "--truncation", "style": "--style", "framing": "--framing", "crop": "--crop", "output_size": "--size",
     "precision": "--precision", "filter": "--filter", "filter_threshold": "--filter-threshold",
     "filter_max_attempts": "--filter-attempts", "translator_size": "--translator-size",
+    "translator_precision": "--translator-precision",
 }
 DISTRIBUTORS = ("local", "torchrun", "ray")
 
@@ -47,6 +48,7 @@ class SynthOptions:
     generator_weights: str | None = None
     translator_weights: str | None = None
     translator_size: int | None = None     # StarGAN input side; None: the translator card's (128)
+    translator_precision: str | None = None  # "bf16": StarGAN in bf16, StyleGAN2 in fp32; None: --precision
     truncation: float = 0.7
     style: str = "studio"
     framing: str = "face"                  # procedural: "face" (the paper's crop) or "portrait"
@@ -109,7 +111,7 @@ class SynthOptions:
             generator=self.generator, generator_weights=self.generator_weights, truncation=self.truncation,
             translator="stargan" if self.generator == "stylegan2" else None,
             translator_weights=self.translator_weights, translator_size=self.translator_size,
-            emotions=self.emotions, crop=self.crop,
+            translator_precision=self.translator_precision, emotions=self.emotions, crop=self.crop,
             output_size=self.output_size, style=self.style, framing=self.framing,
         )
 

@@ -212,7 +212,7 @@ def run_synth(options: SynthOptions, *, progress: Progress | None = None) -> Syn
                               max_retries=job.options.max_shard_retries)
         else:
             worker = ShardWorker(job.setup, job.pipeline)
-            done = run_local(worker, job.plan, todo, progress=progress, started=started, parity=job.gpu_choice)
+            done = run_local(worker, job.plan, todo, progress=progress, started=started, parity=job.gpu_choice or bool(job.options.translator_precision))
         complete = merge_manifest(job.layout, job.plan.num_shards, options_fingerprint(job.record))
         result = summarize(job, done, skipped, complete, started)
         write_card(job, done, result)
