@@ -16,6 +16,7 @@ from fertk.core.errors import InvalidInputError
 from fertk.models.procedural import (
     ACTION_UNITS,
     AU_DIM,
+    FRAMINGS,
     IDENTITY_DIM,
     ProceduralConfig,
     ProceduralFaces,
@@ -145,6 +146,39 @@ def test_feature_window_holds_every_feature(style: str, framing: str) -> None:
     aus = torch.cat([expression_aus(ALL_SEVEN), _corner_aus(6, 2)])
     with torch.no_grad():
         assert torch.equal(windowed.render_expressions(ids, aus), full.render_expressions(ids, aus))
+
+
+def test_face_framing_is_the_box_a_face_detector_draws() -> None:
+    """The "face" framing shows what OpenCV's Haar frontal-face cascade (the detector `fer` runs
+    before its classifier; FER2013's crops are of that kind) boxes on portrait renders of the same
+    faces: the median box of 24 identities x 7 expressions per style, in face units."""
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    res = 160
+    tops, bottoms, lefts, rights, missed = [], [], [], [], 0
+    for style in ("studio", "natural"):
+        model = ProceduralFaces(ProceduralConfig(resolution=res, color=False, style=style, framing="portrait")).eval()
+        ids = identities_from_seeds(np.arange(24)).repeat_interleave(len(ALL_SEVEN), 0)
+        with torch.no_grad():
+            images = model(ids, expression_aus(ALL_SEVEN).repeat(24, 1))
+        gray = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        for image in gray:
+            boxes = cascade.detectMultiScale(image, scaleFactor=1.1, minNeighbors=5, minSize=(res // 8, res // 8))
+            if len(boxes) == 0:
+                missed += 1
+                continue
+            x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
+            # Portrait framing: face units are frame units ([-1, 1] over the image), up to pose jitter.
+            tops.append(2 * y / res - 1)
+            bottoms.append(2 * (y + h) / res - 1)
+            lefts.append(2 * x / res - 1)
+            rights.append(2 * (x + w) / res - 1)
+    assert missed <= 0.25 * 2 * 24 * len(ALL_SEVEN)
+    zoom, centre_v, _ = FRAMINGS["face"]
+    shown = (centre_v - 1 / zoom, centre_v + 1 / zoom)
+    assert abs(np.median(tops) - shown[0]) < 0.04 and abs(np.median(bottoms) - shown[1]) < 0.04
+    assert abs(np.median(lefts) + 1 / zoom) < 0.04 and abs(np.median(rights) - 1 / zoom) < 0.04
 
 
 def test_action_units_act_where_and_as_much_as_they_should(studio: ProceduralFaces) -> None:

@@ -45,7 +45,7 @@ def synth(
     translator_precision: Optional[str] = typer.Option(None, "--translator-precision", help="bf16: StarGAN in bf16 (torch autocast), StyleGAN2 in fp32 on --backend; pays on CPUs with AMX or AVX512-BF16 (StarGAN 2.6-3x faster; faces within the bf16 tolerance: <= 4 grey levels). Default: --precision for the whole graph.", rich_help_panel=_GEN),
     truncation: float = typer.Option(0.7, "--truncation", help="StyleGAN2 truncation ψ.", rich_help_panel=_GEN),
     style: str = typer.Option("studio", "--style", help="Procedural capture style (studio, natural).", rich_help_panel=_GEN),
-    framing: str = typer.Option("face", "--framing", help="Procedural framing: face (forehead to chin, the paper's crop) or portrait (head and shoulders).", rich_help_panel=_GEN),
+    framing: str = typer.Option("face", "--framing", help="Procedural framing: face (the box a face detector draws, brows to chin: the paper's crop) or portrait (head and shoulders).", rich_help_panel=_GEN),
     crop: Optional[str] = typer.Option(None, "--crop", help="Face box TOP,LEFT,HEIGHT,WIDTH as fractions of the generator image (default per generator).", rich_help_panel=_GEN),
     backend: Optional[str] = typer.Option(None, "--backend", help="Engine backend: torch, ort, trt or auto (default: torch; a resume: the dataset's).", rich_help_panel=_RUN),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (default auto: a GPU if there is one, else cpu; a resume: the dataset's kind; under torchrun each rank takes its LOCAL_RANK GPU).", rich_help_panel=_RUN),

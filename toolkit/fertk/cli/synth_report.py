@@ -27,9 +27,7 @@ def report(
     """Per-emotion agreement with the judge, confusion (PNG + JSON + CSV), agreement vs intensity,
     class balance, identity diversity and a montage of the faces the judge disagrees with most.
 
-    Identity diversity: the mean pairwise cosine distance (1 − cos) between identities' judge
-    penultimate features of their neutral face (mean over expressions without neutral faces);
-    0 = every identity looks alike to the judge.
+    Identity diversity: the mean pairwise cosine distance (1 − cos) between identities' judge penultimate features of their neutral face (mean over expressions when there are no neutral faces; 16×16 pixels when the judge exposes no features); 0 = every identity looks alike.
 
     Example: fertk synth report faces --judge fer-mini-xception
     """

@@ -69,7 +69,7 @@ class PipelineConfig:
     crop: tuple[float, float, float, float] | None = None  # (top, left, height, width); None: default
     output_size: int = 64                          # side of the output faces
     style: str = "studio"                          # procedural rendering style
-    # Procedural framing: "face" renders forehead to chin at full resolution (the paper's face crop,
+    # Procedural framing: "face" renders a face detector's box at full resolution (the paper's face crop,
     # what its CNN trains on); "portrait" renders head and shoulders (then crop with `crop`).
     framing: str = "face"
     resolution: int = 64                           # procedural render side

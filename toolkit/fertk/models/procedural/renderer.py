@@ -21,8 +21,8 @@ Where the speed comes from:
   outline, shading, static shadows, the crease masks AUs deepen) is computed once and shared by
   all of that identity's expressions: the synth pipeline renders each identity under 6 AU vectors.
 
-Framing: "portrait" shows head and shoulders; "face" renders the tight forehead-to-chin crop a
-face detector would make (what the paper's FER CNN is fed), directly at full resolution.
+Framing: "portrait" shows head and shoulders; "face" renders the box a face detector (OpenCV's
+Haar cascade) draws, brows to chin (what the paper's FER CNN is fed), directly at full resolution.
 Output: RGB [N, 3, H, W] (color=True) or luminance [N, 1, H, W] (color=False), in [-1, 1];
 `to_gray01` turns either into the FER CNN's gray [N, 1, H, W] in [0, 1].
 """
