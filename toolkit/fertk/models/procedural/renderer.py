@@ -414,7 +414,9 @@ class ProceduralFaces(nn.Module):
         k = w.k
         raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.02 * a9) * k
         raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
-        arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4)
+        # AU1+2+4 (fear) raises the brows and draws them together into a straight line (FACS), where
+        # AU1+2 alone (surprise) arches them high: the arch cancels when all three act.
+        arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4 - 0.9 * a1 * a2 * a4)
         s_b = (w.A - (w.ex + 0.01 * k - 0.04 * k * a4)) / w.bw                     # [M, E, 1, w]
         brow_v = (w.by - 0.5 * (raise_in + raise_out)) + arch * (s_b * s_b - 1.0) + 0.5 * (raise_in - raise_out) * s_b
         brow_half = w.bt * (0.5 - 0.15 * s_b) + 0.5
