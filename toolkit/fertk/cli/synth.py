@@ -42,7 +42,7 @@ def synth(
     generator_weights: Optional[Path] = typer.Option(None, "--generator-weights", help="StyleGAN2 generator weights.", rich_help_panel=_GEN),
     translator_weights: Optional[Path] = typer.Option(None, "--translator-weights", help="StarGAN generator weights.", rich_help_panel=_GEN),
     translator_size: Optional[int] = typer.Option(None, "--translator-size", help="StarGAN input side in px (a checkpoint stores none; default 128, the paper pipeline's; the authors trained at 256).", rich_help_panel=_GEN),
-    translator_precision: Optional[str] = typer.Option(None, "--translator-precision", help="bf16: StarGAN in bf16 (torch autocast), StyleGAN2 in fp32 on --backend; pays on CPUs with AMX or AVX512-BF16 (StarGAN 2.6-3x faster; faces within the bf16 tolerance: <= 4 grey levels). Default: --precision for the whole graph.", rich_help_panel=_GEN),
+    translator_precision: Optional[str] = typer.Option(None, "--translator-precision", help="bf16: StarGAN in bf16 (torch autocast), StyleGAN2 in fp32 on --backend; pays on CPUs with AMX (StarGAN 2.6-3x faster; faces within the bf16 tolerance: <= 4 grey levels; AVX512-BF16 alone not measured, AVX2 emulates bf16). Default: --precision for the whole graph.", rich_help_panel=_GEN),
     truncation: float = typer.Option(0.7, "--truncation", help="StyleGAN2 truncation ψ.", rich_help_panel=_GEN),
     style: str = typer.Option("studio", "--style", help="Procedural capture style (studio, natural).", rich_help_panel=_GEN),
     framing: str = typer.Option("face", "--framing", help="Procedural framing: face (the box a face detector draws, brows to chin: the paper's crop) or portrait (head and shoulders).", rich_help_panel=_GEN),

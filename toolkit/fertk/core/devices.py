@@ -58,7 +58,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tile units (bf16 matrix multiply), as torch's CPU dispatch sees them.
 

@@ -62,7 +62,7 @@ class PipelineConfig:
     translator_classes: tuple[str, ...] | None = None  # StarGAN label order; None: from its card
     translator_size: int | None = None             # StarGAN input side; None: its card's (128, the paper's)
     # StarGAN's arithmetic: None = the graph's precision; "bf16" = StarGAN under bf16 autocast with
-    # StyleGAN2 in fp32 (on AMX / AVX512-BF16 CPUs 2.6-3x faster StarGAN within the bf16 tolerance;
+    # StyleGAN2 in fp32 (on AMX CPUs 2.6-3x faster StarGAN within the bf16 tolerance;
     # StyleGAN2 in bf16 is not: up to 19 grey levels, benchmarks/official).
     translator_precision: str | None = None
     emotions: tuple[str, ...] = EKMAN              # expressions generated per identity, in order
@@ -251,7 +251,7 @@ class GenerationPipeline(nn.Module):
             self.register_buffer("to_translator", resize, persistent=False)
             self.register_buffer("to_translator_t", resize.t().contiguous(), persistent=False)
         self.channels = channels
-        self.translator_bf16 = config.translator_precision == "bf16"
+        self._fp32_translator = False          # set inside `fp32_translator()` (parity references)
         # The box is a fraction of the final expression image: the render (procedural) or StarGAN's output.
         post_size = self.image_size if config.generator == "procedural" else self.translator_size
         self.post = Postprocess(post_size, config.crop, config.output_size, channels)  # type: ignore[arg-type]
@@ -300,19 +300,23 @@ class GenerationPipeline(nn.Module):
             images = self.translator.forward_shared(faces, labels, box=self.post.box)
         return self.post.reduce(images).reshape(-1, count, side, side)
 
+    @property
+    def translator_bf16(self) -> bool:
+        """Whether StarGAN runs under bf16 autocast now (the config's choice, unless inside `fp32_translator`)."""
+        return self.config.translator_precision == "bf16" and not self._fp32_translator
+
     def set_translator_precision(self, precision: str | None) -> None:
         """Run StarGAN in `precision` ("bf16" or None: the graph's), recorded in the config."""
         self.config = replace(self.config, translator_precision=precision)
-        self.translator_bf16 = precision == "bf16"
 
     @contextmanager
     def fp32_translator(self) -> Iterator[None]:
         """StarGAN in fp32 inside the block whatever `translator_precision` says (parity references)."""
-        saved, self.translator_bf16 = self.translator_bf16, False
+        saved, self._fp32_translator = self._fp32_translator, True
         try:
             yield
         finally:
-            self.translator_bf16 = saved
+            self._fp32_translator = saved
 
     def stages(self) -> tuple[nn.Module, nn.Module]:
         """The GAN graph as two modules with specs, (identities, translation), for engines that run

@@ -41,7 +41,7 @@ def open_generation_engine(module: torch.nn.Module, *, backend: str, device: str
 
     With StarGAN in bf16 (`translator_precision`) on a backend other than torch, the graph runs in
     two stages: StyleGAN2 (fp32) on that backend, then StarGAN + postprocess on torch, where bf16
-    autocast uses the CPU's AMX / AVX512-BF16 units (onnxruntime has no bf16 convolutions on CPU).
+    autocast uses the CPU's AMX units (onnxruntime has no bf16 convolutions on CPU).
     """
     if backend == "auto" and str(device or "cpu").startswith("cpu") and precision == "fp32":
         backend = auto_cpu_backend(str(module.config.generator))
