@@ -266,12 +266,45 @@ def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
         diff = (rgb[i] - rgb[0]).abs().sum(0)[:, cols]
         return float((diff * rows).sum() / diff.sum())
 
-    def brightest_row_above_the_line(i: int) -> float:
-        return float(rgb[i].mean(0)[round(lip_row) - 7:round(lip_row), cols].mean(1).max())
+    def bluest_row_above_the_line(i: int) -> float:
+        rows_rgb = rgb[i][:, round(lip_row) - 7:round(lip_row), cols].mean(2)              # [3, rows]
+        return float((rows_rgb[2] / rows_rgb[0]).max())
 
     assert centroid(1) < lip_row < centroid(2), (centroid(1), lip_row, centroid(2))
-    # Upper teeth (the lightest thing in the face) where the upper lip was, just above the line.
-    assert brightest_row_above_the_line(1) > brightest_row_above_the_line(0) + 0.1
+    # Upper teeth where the upper lip was, just above the line: shaded by the lifted lip, they are
+    # still the one near-neutral colour there (skin and lips are red-warm, the mouth cavity red).
+    assert bluest_row_above_the_line(1) > bluest_row_above_the_line(0) + 0.08
+
+
+def test_nose_wrinkler_lowers_the_brows_and_leaves_the_lower_lip() -> None:
+    """AU9 pulls the brows down (their darkness moves down the face) and lifts only the upper lip:
+    below the resting lip line the mouth is untouched (a whole lip line bent up in the middle is
+    the frown of sadness, which AU9 used to draw)."""
+    res = 128
+    model, ids, face = _mid_face(res)
+    with torch.no_grad():
+        rgb = (model.render_expressions(ids, _one_au(["AU9"]))[0] + 1) / 2             # [2, 3, H, W]
+    gray = rgb.mean(1)                                                                  # [2, H, W]
+    lip_row = (1 + face["eye_height"] + face["nose_length"] + face["mouth_height"]) * res / 2
+    half = round(face["mouth_width"] * 0.5 * res / 2)
+    cols = slice(res // 2 - half, res // 2 + half)
+    below = slice(round(lip_row) + 2, round(lip_row) + 12)
+    above = slice(round(lip_row) - 6, round(lip_row))
+    assert float((gray[1, below, cols] - gray[0, below, cols]).abs().max()) < 0.02
+    assert float((gray[1, above, cols] - gray[0, above, cols]).abs().max()) > 0.2
+    # Brow band: the rows between the brow line's rest position and the eye line, beside the nose.
+    brow_v = face["eye_height"] - face["brow_height"]
+    r0, r1 = round((1 + brow_v - 0.06) * res / 2), round((1 + face["eye_height"]) * res / 2)
+    ex = face["eye_spacing"]
+    c0, c1 = round((1 + ex - 0.05) * res / 2), round((1 + ex + 0.05) * res / 2)
+    rows = torch.arange(r0, r1, dtype=torch.float32).view(-1, 1)
+
+    def darkness_row(i: int) -> float:
+        dark = (1.0 - gray[i, r0:r1, c0:c1]).clamp(min=0.0) ** 4       # brows and lashes dominate
+        return float((dark * rows).sum() / dark.sum())
+
+    # 2.2 rows here; AU9 lowered the brows by 1.4 before they were pulled down onto the lids.
+    assert darkness_row(1) > darkness_row(0) + 1.8, (darkness_row(0), darkness_row(1))
 
 
 def test_upper_lid_raiser_opens_narrow_and_wide_eyes_alike() -> None:

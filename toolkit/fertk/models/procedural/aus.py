@@ -76,7 +76,7 @@ def au_mask_weights() -> torch.Tensor:
     w = torch.zeros(AU_DIM, 11)
     glabella, forehead, forehead_mid, brow_shadow, crows, fold, cheek, bulge, nose, flare, dimple = range(11)
     w[_AU["AU4"], glabella] = 0.6
-    w[_AU["AU9"], glabella] = 0.2
+    # AU9 wrinkles the nose root across, not the glabella up and down (those lines are AU4's).
     w[_AU["AU1"], glabella] = -0.4
     w[_AU["AU1"], forehead] = 0.05
     w[_AU["AU1"], forehead_mid] = 0.1

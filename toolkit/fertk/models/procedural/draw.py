@@ -76,7 +76,8 @@ def crease_masks(A, An, U, V, k, fx, ex, ey, ew, hl0, by, ny, nw, my, mw, nostri
 
     forehead_lines = (torch.cos((V - by) * (two_pi / (0.055 * k))) - 0.2).clamp(min=0.0)   # row
     crows_lines = torch.cos((V - ey) * (two_pi / (0.045 * k))) * 0.5 + 0.5                  # row
-    nose_lines = torch.cos((V - ey) * (two_pi / (0.05 * k))) * 0.5 + 0.5                  # row
+    # AU9's wrinkles run across the root and bridge of the nose, shallow over a darker band.
+    nose_lines = torch.cos((V - ey) * (two_pi / (0.05 * k))) * 0.3 + 0.5                  # row
     glabella_line = ridge(A - 0.035 * k, (0.008 * k).clamp(min=0.6))                       # column
     bulge_line = ridge(V - (ey + hl0 + 0.035 * k), (0.01 * k).clamp(min=0.6))              # row
     cheek = draw_blob(A, V, ex + 0.03 * k, ey + 0.16 * k, 0.11 * k, 0.08 * k)
@@ -90,7 +91,7 @@ def crease_masks(A, An, U, V, k, fx, ex, ey, ew, hl0, by, ny, nw, my, mw, nostri
         fold,                                                                               # nasolabial
         cheek.mul_(cheek),                                                                  # cheek highlight
         draw_blob(A, V, ex, ey + hl0, ew * 1.1, 0.08 * k).mul_(bulge_line),                     # lower-lid bulge
-        draw_blob(An, V, 0.0, ey + 0.06 * k, nw * 1.3, 0.075 * k).mul_(nose_lines),              # nose wrinkles
+        draw_blob(An, V, 0.0, ey + 0.03 * k, nw * 1.3, 0.09 * k).mul_(nose_lines),              # nose wrinkles
         flare.sub_(nostrils),                                                               # nostril flare
         draw_blob(U, V, fx - mw * 1.08, my - 0.005 * k, 0.028 * k, 0.03 * k),                  # AU14 dimple
     ]

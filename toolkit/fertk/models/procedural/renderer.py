@@ -412,8 +412,10 @@ class ProceduralFaces(nn.Module):
         """Brows: a parabola over s in [-1 (inner), 1 (outer)]; AUs move each end."""
         a1, a2, a4, a9 = x["AU1"], x["AU2"], x["AU4"], x["AU9"]
         k = w.k
-        raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.02 * a9) * k
-        raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.015 * a9) * k
+        # AU9's muscles (procerus, depressor supercilii) pull the brows down onto the lids, the
+        # inner ends most: disgust scrunches the eyes without anger's V, glare and knit.
+        raise_in = (0.09 * a1 + 0.02 * a2 - 0.10 * a4 * (1.0 - 0.5 * a1 * (1.0 - a2)) + 0.03 * a1 * a4 - 0.07 * a9) * k
+        raise_out = (0.08 * a2 - 0.04 * a4 - 0.03 * a1 * a4 - 0.05 * a9) * k
         # AU1+2+4 (fear) raises the brows and draws them together into a straight line (FACS), where
         # AU1+2 alone (surprise) arches them high: the arch cancels when all three act.
         arch = p("brow_arch") * k * (1.0 + 0.8 * a2 - 0.9 * a4 - 0.9 * a1 * a2 * a4)
@@ -437,7 +439,8 @@ class ProceduralFaces(nn.Module):
         droop = 0.8 * a4 * (1.0 - 0.75 * a2)
         # AU5 pulls the upper lid up towards the orbit: by an amount set by the eye's size, not by
         # its resting aperture (narrow-eyed faces open as wide), less where the brow presses down.
-        hu = hu0 * (1.0 - 0.1 * a7 - 0.4 * a6 - droop - 0.3 * a9).clamp(min=0.08)
+        # The brows AU9 lowers press the upper lid down too: with the cheek below, the eye narrows.
+        hu = hu0 * (1.0 - 0.1 * a7 - 0.4 * a6 - droop - 0.65 * a9).clamp(min=0.08)
         hu = hu + (0.56 * ew) * a5 * (1.0 - 0.85 * brow_low)
         # The lower lid is pushed up from below by the cheek: AU6, and the bunching of AU9 and AU10.
         hl = hl0 * (1.0 - 0.25 * a7 - 0.5 * a6 - 0.45 * a9 - 0.3 * a10).clamp(min=0.15)
@@ -474,8 +477,7 @@ class ProceduralFaces(nn.Module):
         mw_e = mw * (1.0 + 0.30 * a12 + 0.5 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
         corner = (0.01 * a16 - 0.12 * a12) * k
         corner_dn = (0.075 * a15 + 0.05 * a20) * k
-        lift = 0.06 * k * a9
-        gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20 + 0.03 * a9) * k
+        gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
         ut, lt = lip * 0.8 * thin * (1.0 - 0.35 * a10), lip * thin * (1.0 + 0.25 * a16 + 0.3 * a15)
@@ -483,12 +485,13 @@ class ProceduralFaces(nn.Module):
         t_m = 1.0 - s_m * s_m
         tc = t_m.clamp(min=0.0)
         tl = tc.sqrt()                                                             # lip fullness profile
-        # AU10 lifts the upper lip in a squared arch (the tl profile) off the lower lip, which
-        # stays: the opening grows by the same amount and bares the upper teeth.
-        raise_10 = (0.05 * k * a10) * tl
+        # AU10 (and AU9, a little) lifts the upper lip in a squared arch (the tl profile) off the
+        # lower lip, which stays: the opening grows by the same amount. The lower lip must not
+        # follow: a whole lip line bent up in the middle is the frown of sadness.
+        raise_10 = ((0.08 * a10 + 0.04 * a9) * k) * tl
         g = gap * ((1.0 - square) * tc + square * tl) + raise_10                   # opening profile
         s2 = (1.0 - t_m).clamp(max=2.0)
-        bend = (corner + lift) * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * side * s2 + raise_10
+        bend = corner * t_m - corner_dn * s2 * s2 + 0.035 * k * a14 * side * s2 + raise_10
         rel = (V - my - corner + 0.5) + bend                                     # (v - mid) + 0.5
         # Each lip edge is pulled in by half an AA unit so the two ramps cannot overlap (and
         # leave a faint line) where the lip thickness is zero beyond the corners.
@@ -500,7 +503,8 @@ class ProceduralFaces(nn.Module):
         win = win.lerp_(_bcast(self.cavity.expand(m, -1)), a_cav.unsqueeze(2))
         upper_teeth = (0.045 * k * (1.0 - 0.6 * a20) + 1.0 - rel).clamp_(0.0, 1.0)
         lower_teeth = (rel + (0.035 * k - g)).clamp_(0.0, 1.0).mul_((a16 + 0.6 * a20 + 0.3 * a26).clamp(max=1.0) * 0.8)
-        teeth = torch.maximum(upper_teeth, lower_teeth).mul_(a_cav)
+        # The raised upper lip overhangs the teeth and shades them (AU10): dimmer, not bared white.
+        teeth = torch.maximum(upper_teeth, lower_teeth).mul_(a_cav).mul_(1.0 - 0.5 * a10)
         win = win.lerp_(_bcast(self.teeth.expand(m, -1)), teeth.unsqueeze(2))
         lip_line = ((0.004 * k).clamp(min=0.25) + 1.0 - (rel - 0.5).abs_()).clamp_(0.0, 1.0)
         lip_shadow = (lip_bottom + 0.06 * k - rel).clamp_(0.0, 1.0).sub_(a_lip_bot)
