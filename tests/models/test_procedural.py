@@ -249,6 +249,13 @@ def _one_au(names: Sequence[str]) -> torch.Tensor:
     return aus
 
 
+def _lip_row_and_mouth_columns(face: dict[str, float], res: int) -> tuple[float, slice]:
+    """The resting lip line's row and the columns of the mouth's central half, in a portrait frame."""
+    lip_v = face["eye_height"] + face["nose_length"] + face["mouth_height"]
+    half = round(face["mouth_width"] * 0.5 * res / 2)
+    return (1 + lip_v) * res / 2, slice(res // 2 - half, res // 2 + half)
+
+
 def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
     """AU10 changes the face above the resting lip line (the upper lip goes up, upper teeth show)
     and leaves the lower lip where it was; AU16 (lower lip depressor) works below the line."""
@@ -256,10 +263,7 @@ def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
     model, ids, face = _mid_face(res)
     with torch.no_grad():
         rgb = (model.render_expressions(ids, _one_au(["AU10", "AU16"]))[0] + 1) / 2     # [3, 3, H, W]
-    lip_v = face["eye_height"] + face["nose_length"] + face["mouth_height"]
-    lip_row = (1 + lip_v) * res / 2
-    half = round(face["mouth_width"] * 0.5 * res / 2)                                    # central half of the mouth
-    cols = slice(res // 2 - half, res // 2 + half)
+    lip_row, cols = _lip_row_and_mouth_columns(face, res)
     rows = torch.arange(res, dtype=torch.float32).view(-1, 1)
 
     def centroid(i: int) -> float:
@@ -285,9 +289,7 @@ def test_nose_wrinkler_lowers_the_brows_and_leaves_the_lower_lip() -> None:
     with torch.no_grad():
         rgb = (model.render_expressions(ids, _one_au(["AU9"]))[0] + 1) / 2             # [2, 3, H, W]
     gray = rgb.mean(1)                                                                  # [2, H, W]
-    lip_row = (1 + face["eye_height"] + face["nose_length"] + face["mouth_height"]) * res / 2
-    half = round(face["mouth_width"] * 0.5 * res / 2)
-    cols = slice(res // 2 - half, res // 2 + half)
+    lip_row, cols = _lip_row_and_mouth_columns(face, res)
     below = slice(round(lip_row) + 2, round(lip_row) + 12)
     above = slice(round(lip_row) - 6, round(lip_row))
     assert float((gray[1, below, cols] - gray[0, below, cols]).abs().max()) < 0.02

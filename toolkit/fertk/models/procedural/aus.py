@@ -17,7 +17,7 @@ ACTION_UNITS: tuple[str, ...] = (
     "AU5",   # upper lid raiser
     "AU6",   # cheek raiser (squints from below, crow's feet)
     "AU7",   # lid tightener (raises and straightens the lower lid)
-    "AU9",   # nose wrinkler (also raises the upper lip a little)
+    "AU9",   # nose wrinkler (also lowers the brows onto the lids and raises the upper lip a little)
     "AU10",  # upper lip raiser (lifts the upper lip, bares the upper teeth, deepens the folds)
     "AU12",  # lip corner puller (smile)
     "AU14",  # dimpler, unilateral here (contempt)
