@@ -275,9 +275,69 @@ def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
         return float((rows_rgb[2] / rows_rgb[0]).max())
 
     assert centroid(1) < lip_row < centroid(2), (centroid(1), lip_row, centroid(2))
-    # Upper teeth where the upper lip was, just above the line: shaded by the lifted lip, they are
-    # still the one near-neutral colour there (skin and lips are red-warm, the mouth cavity red).
+    # Upper teeth where the upper lip was, just above the line: the one near-neutral colour there
+    # (skin and lips are red-warm, the mouth cavity red), and bared: bright in every channel.
     assert bluest_row_above_the_line(1) > bluest_row_above_the_line(0) + 0.08
+    brightest = [float(rgb[i][:, round(lip_row) - 7:round(lip_row), cols].min(0).values.max()) for i in (0, 1)]
+    assert brightest[1] > brightest[0] + 0.2, brightest
+
+
+def test_lower_lip_depressor_shades_the_skin_under_the_lip() -> None:
+    """AU16 turns the lower lip out and down: the skin under it bunches into a furrow in deep shadow
+    (a band of rows below the line far darker than the chin), where the resting face has none."""
+    res = 256
+    model, ids, face = _mid_face(res)
+    with torch.no_grad():
+        gray = ((model.render_expressions(ids, _one_au(["AU16"]))[0] + 1) / 2).mean(1)   # [2, H, W]
+    lip_row, cols = _lip_row_and_mouth_columns(face, res)
+    line = round(lip_row)
+    chin = float(gray[0, line + 28:line + 32, cols].mean())
+    profile = gray[:, line + 1:line + 30, cols].mean(2)                                   # [2, rows]
+    shaded = (profile < 0.35 * chin).sum(1)
+    assert int(shaded[0]) == 0 and int(shaded[1]) >= 3, shaded.tolist()
+
+
+def test_lip_stretcher_pulls_the_corners_down_and_lip_tightener_narrows_the_mouth() -> None:
+    """AU20 moves the mouth's outer parts further down than its centre (fear's stretched, turned-down
+    mouth); AU23 presses the lips into a narrower line (anger)."""
+    res = 256
+    model, ids, face = _mid_face(res)
+    with torch.no_grad():
+        rgb = (model.render_expressions(ids, _one_au(["AU20", "AU23"]))[0] + 1) / 2     # [3, 3, H, W]
+    lip_row, cols = _lip_row_and_mouth_columns(face, res)
+    line, mid, half = round(lip_row), res // 2, (cols.stop - cols.start) // 2
+    rows = torch.arange(res, dtype=torch.float32).view(-1, 1)
+    change = (rgb[1] - rgb[0]).abs().sum(0)
+
+    def centroid(c0: int, c1: int) -> float:
+        d = change[line - 15:line + 25, c0:c1]
+        return float((d * rows[line - 15:line + 25]).sum() / d.sum())
+
+    drop = centroid(mid + 2 * half, mid + 4 * half) - centroid(mid - half, mid + half)
+    assert drop > res / 80, drop                                                         # 4.7 px here
+
+    gray = rgb.mean(1)
+
+    def half_width(i: int) -> int:
+        darkest = gray[i, line - 3:line + 4, mid:mid + 4 * half].min(0).values
+        return int((darkest < 0.55).sum())
+
+    assert half_width(2) < 0.72 * half_width(0), (half_width(0), half_width(2))
+
+
+def test_nasolabial_fold_starts_above_the_nose_wing() -> None:
+    """The fold AU9/AU10 deepen begins beside the nose, above the wing (its deepest part there), and
+    curves out past the mouth corner; it is not drawn above that start or below its end."""
+    from fertk.models.procedural.draw import draw_fold
+
+    k = torch.tensor(100.0)                                    # AA units per face unit
+    nw, ny, mw, my = 0.06 * k, 0.25 * k, 0.175 * k, 0.38 * k  # nose wing, nose base, mouth
+    A = torch.linspace(0.0, 0.4 * k, 401).view(1, -1)          # columns, |u|
+    V = torch.tensor([ny - 0.03 * k, ny - 0.06 * k, my + 0.09 * k]).view(-1, 1)
+    fold = draw_fold(A, V, nw, ny, mw, my, k)
+    beside_nose, above_start, below_end = fold.max(1).values.tolist()
+    assert beside_nose > 0.9 and above_start == 0.0 and below_end == 0.0, (beside_nose, above_start, below_end)
+    assert float(A[0, fold[0].argmax()]) < 0.15 * k            # beside the nose, not out on the cheek
 
 
 def test_nose_wrinkler_lowers_the_brows_and_leaves_the_lower_lip() -> None:

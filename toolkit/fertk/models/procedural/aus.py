@@ -82,21 +82,23 @@ def au_mask_weights() -> torch.Tensor:
     w[_AU["AU1"], forehead_mid] = 0.1
     w[_AU["AU2"], forehead] = 0.15
     w[_AU["AU4"], forehead_mid] = -0.1
-    w[_AU["AU4"], brow_shadow] = 0.5
+    # The lowered brow shades the eye (sadness, anger); AU2, lifting the outer brow, lets light back in.
+    w[_AU["AU4"], brow_shadow] = 0.6
     w[_AU["AU9"], brow_shadow] = 0.1
     w[_AU["AU1"], brow_shadow] = -0.08
-    w[_AU["AU2"], brow_shadow] = -0.08
+    w[_AU["AU2"], brow_shadow] = -0.18
     w[_AU["AU6"], crows] = 0.2
     w[_AU["AU6"], fold] = 0.08
     w[_AU["AU12"], fold] = 0.16
-    w[_AU["AU9"], fold] = 0.28
-    w[_AU["AU10"], fold] = 0.2
+    # AU9 and AU10 raise the infraorbital triangle: the nasolabial furrow deepens into a crease.
+    w[_AU["AU9"], fold] = 0.5
+    w[_AU["AU10"], fold] = 0.4
     w[_AU["AU6"], cheek] = -0.07
     w[_AU["AU12"], cheek] = -0.04
     w[_AU["AU10"], cheek] = -0.05
     w[_AU["AU6"], bulge] = 0.25
     w[_AU["AU10"], bulge] = 0.15
-    w[_AU["AU7"], bulge] = 0.15
+    w[_AU["AU7"], bulge] = 0.3                       # the tightened lower lid bunches
     w[_AU["AU9"], nose] = 0.6
     w[_AU["AU9"], flare] = 0.55
     w[_AU["AU14"], dimple] = 0.45

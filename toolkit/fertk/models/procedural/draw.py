@@ -58,8 +58,9 @@ def palette_lookup(t: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
 
 
 def draw_fold(A, V, nw, ny, mw, my, k) -> torch.Tensor:
-    """Nasolabial fold: a soft crease from the nose wing curving out past the mouth corner."""
-    v0, v1 = ny - 0.01 * k, my + 0.06 * k
+    """Nasolabial fold: a soft crease from above the nose wing curving out past the mouth corner."""
+    # It starts beside the nose, above the wing: that upper part is what AU9/AU10 deepen most.
+    v0, v1 = ny - 0.04 * k, my + 0.06 * k
     t = ((V - v0) / (v1 - v0)).clamp(0.0, 1.0).sqrt()                         # row vector
     fold_u = nw * 1.7 + (mw + 0.07 * k - nw * 1.7) * t
     on = (V - v0 + 0.5).clamp(0.0, 1.0) * (v1 - V + 0.5).clamp(0.0, 1.0)

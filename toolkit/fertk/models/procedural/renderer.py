@@ -248,7 +248,10 @@ class ProceduralFaces(nn.Module):
         dark = dark.add_(lash, alpha=0.75)
         dark = dark.addcmul_(pupil, a_eye, value=0.7)
         # AU23 thins and rolls in the lips: the line where they meet gets finer.
-        dark = dark.addcmul_(lip_line, tl * (0.45 - 0.2 * x["AU23"])).addcmul_(lip_shadow, tl * 0.25)
+        # AU16 pulls the lower lip down and turns it out: the skin under it bunches into a deeper
+        # furrow above the chin.
+        dark = dark.addcmul_(lip_line, tl * (0.45 - 0.2 * x["AU23"]))
+        dark = dark.addcmul_(lip_shadow, tl * (0.25 + 0.6 * x["AU16"]))
         win = win.mul_(dark.mul_(-1.0).add_(1.0).unsqueeze(2))
         # Put the window back by concatenation (exports as Slice/Concat; a slice assignment
         # becomes a ScatterND with a per-element index tensor, slow in ONNX Runtime).
@@ -474,10 +477,14 @@ class ProceduralFaces(nn.Module):
         a16, a20, a23, a26 = x["AU16"], x["AU20"], x["AU23"], x["AU26"]
         A, V, side, k, mw, my, lip = w.A, w.V, w.side, w.k, w.mw, w.my, w.lip
         m = c.skin.shape[0]
-        mw_e = mw * (1.0 + 0.30 * a12 + 0.5 * a20 - 0.15 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
+        # AU23 presses the lips together and narrows them (orbicularis oris): anger's tight mouth.
+        mw_e = mw * (1.0 + 0.30 * a12 + 0.5 * a20 - 0.35 * a23 - 0.12 * a26 + 0.04 * a16 - 0.15 * a15)
         corner = (0.01 * a16 - 0.12 * a12) * k
-        corner_dn = (0.075 * a15 + 0.05 * a20) * k
-        gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.085 * a12 + 0.06 * a16 + 0.025 * a20) * k
+        # AU20 (risorius, with the platysma) pulls the corners out and down: fear's stretched,
+        # downturned mouth, where surprise's jaw drop alone leaves a relaxed oval.
+        corner_dn = (0.075 * a15 + 0.11 * a20) * k
+        # A broad smile parts the lips over the upper teeth.
+        gap = (0.20 * a26 * (1.0 - 0.8 * a20) + 0.12 * a12 + 0.06 * a16 + 0.025 * a20) * k
         square = (0.7 * a20 + 0.3 * a12).clamp(max=1.0)
         thin = (1.0 - 0.55 * a23 - 0.3 * a20 - 0.25 * a12).clamp(min=0.2)
         ut, lt = lip * 0.8 * thin * (1.0 - 0.35 * a10), lip * thin * (1.0 + 0.25 * a16 + 0.3 * a15)
@@ -502,9 +509,10 @@ class ProceduralFaces(nn.Module):
         a_cav = (rel - 0.5).clamp_(0.0, 1.0).mul_((g + 0.5 - rel).clamp_(0.0, 1.0))
         win = win.lerp_(_bcast(self.cavity.expand(m, -1)), a_cav.unsqueeze(2))
         upper_teeth = (0.045 * k * (1.0 - 0.6 * a20) + 1.0 - rel).clamp_(0.0, 1.0)
-        lower_teeth = (rel + (0.035 * k - g)).clamp_(0.0, 1.0).mul_((a16 + 0.6 * a20 + 0.3 * a26).clamp(max=1.0) * 0.8)
-        # The raised upper lip overhangs the teeth and shades them (AU10): dimmer, not bared white.
-        teeth = torch.maximum(upper_teeth, lower_teeth).mul_(a_cav).mul_(1.0 - 0.5 * a10)
+        # Lower teeth show when the lips stretch (AU20) or the jaw drops (AU26); the lower lip AU16
+        # turns out covers them. Disgust bares the upper teeth (AU10 lifts the lip off them).
+        lower_teeth = (rel + (0.035 * k - g)).clamp_(0.0, 1.0).mul_((0.6 * a20 + 0.3 * a26).clamp(max=1.0) * 0.8)
+        teeth = torch.maximum(upper_teeth, lower_teeth).mul_(a_cav)
         win = win.lerp_(_bcast(self.teeth.expand(m, -1)), teeth.unsqueeze(2))
         lip_line = ((0.004 * k).clamp(min=0.25) + 1.0 - (rel - 0.5).abs_()).clamp_(0.0, 1.0)
         lip_shadow = (lip_bottom + 0.06 * k - rel).clamp_(0.0, 1.0).sub_(a_lip_bot)
