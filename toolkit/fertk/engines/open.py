@@ -225,18 +225,22 @@ def open_engine(
         return TorchEngine(source, inputs, outputs, device=device or "cpu", precision=precision, **backend_options)
     if backend == "ort":
         return open_onnx(source, device or "cpu", precision, input_specs, output_specs, backend_options)
-    if precision == "bf16":
-        raise InvalidInputError("the trt backend builds fp32, fp16 or int8 engines", hint="use backend='torch' for bf16")
+    refuse_bf16("trt", precision)
     return TrtEngine(source, input_specs, output_specs, device=device or "cuda",
                      onnx_sha256=backend_options.get("onnx_sha256"))
+
+
+def refuse_bf16(backend: str, precision: str) -> None:
+    """InvalidInputError when bf16 is asked of ort or trt (bf16 runs on the torch backend only)."""
+    if precision == "bf16":
+        what = "runs fp32, fp16 or int8 graphs" if backend == "ort" else "builds fp32, fp16 or int8 engines"
+        raise InvalidInputError(f"the {backend} backend {what}, not bf16", hint="use backend='torch' for bf16")
 
 
 def open_onnx(path: str | Path, device: str, precision: str, input_specs: Sequence[TensorSpec] | None,
               output_specs: Sequence[TensorSpec] | None, options: dict[str, Any]) -> OrtEngine:
     """An ORT engine on an .onnx file; without declared specs (no card) they are read from the graph, with a warning."""
-    if precision == "bf16":
-        raise InvalidInputError("the ort backend runs fp32, fp16 or int8 graphs, not bf16",
-                                hint="use backend='torch' for bf16")
+    refuse_bf16("ort", precision)
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"ONNX file {path} does not exist")

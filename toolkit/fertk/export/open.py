@@ -21,7 +21,6 @@ from fertk.core.errors import InvalidInputError
 from fertk.core.specs import TensorSpec
 from fertk.engines import open as engines_open
 from fertk.engines.base import Engine, module_specs
-from fertk.engines.ort_engine import OrtEngine
 from fertk.engines.trt_engine import TrtEngine
 from fertk.export.api import export_module
 from fertk.export.artifacts import Artifact, load_artifact
@@ -76,9 +75,7 @@ def _export_for_engine(module: Any, input_specs: Any, output_specs: Any, precisi
 
 def _open_ort(source: Any, kind: str, device: str, precision: str, input_specs: Any, output_specs: Any,
               options: dict[str, Any]) -> Engine:
-    if precision == "bf16":
-        raise InvalidInputError("the ort backend runs fp32, fp16 or int8 graphs, not bf16",
-                                hint="use backend='torch' for bf16")
+    engines_open.refuse_bf16("ort", precision)            # before an export, not after it
     provider = options.get("provider") or ("cuda" if device.startswith("cuda") else "cpu")
     if kind == "module":
         artifact = _export_for_engine(source, input_specs, output_specs, precision, options)
@@ -92,8 +89,8 @@ def _open_ort(source: Any, kind: str, device: str, precision: str, input_specs: 
         options.setdefault("trt_cache_dir", artifact.engines_dir / "ort-tensorrt")
     if graph_precision == "fp16" and "fp16" not in artifact.card.variants:
         add_variant(artifact, "fp16")
-    return OrtEngine(artifact.onnx_path(graph_precision), artifact.card.input_specs(), artifact.card.output_specs(),
-                     device=device, precision=precision, **options)
+    return engines_open.open_onnx(artifact.onnx_path(graph_precision), device, precision,
+                                  artifact.card.input_specs(), artifact.card.output_specs(), options)
 
 
 def _load(source: Any) -> Artifact:
@@ -102,8 +99,7 @@ def _load(source: Any) -> Artifact:
 
 def _open_trt(source: Any, kind: str, device: str, precision: str, input_specs: Any, output_specs: Any,
               options: dict[str, Any]) -> Engine:
-    if precision == "bf16":
-        raise InvalidInputError("the trt backend builds fp32, fp16 or int8 engines", hint="use backend='torch' for bf16")
+    engines_open.refuse_bf16("trt", precision)
     build = {k: options.pop(k) for k in BUILD_KEYS if k in options}
     calibration = options.pop("calibration", None)
     rebuild = bool(options.pop("rebuild", False))
