@@ -214,11 +214,11 @@ def test_fer_judge_reads_default_procedural_faces_as_intended(style):
         faces = pipeline(torch.as_tensor(latent), torch.as_tensor(intensity)).numpy()   # [N, E, 64, 64]
     scorer = FaceScorer("fer-mini-xception", backend="torch", device="cpu", precision="fp32")
     try:
-        agreement = {}
-        for col, emotion in enumerate(pipeline.emotions):
-            calls = scorer.probabilities(faces[:, col]).argmax(1)
-            agreement[emotion] = float((calls == scorer.classes.index(emotion)).mean())
+        calls = scorer.probabilities(faces.reshape(-1, *faces.shape[2:])).argmax(1).reshape(faces.shape[:2])
+        agreement = {pipeline.emotions[col]: float((calls[:, col] == cls).mean())
+                     for col, cls in scorer.columns(pipeline.emotions)}
     finally:
         scorer.close()
+    assert set(agreement) == set(pipeline.emotions), agreement               # the judge knows all six
     assert float(np.mean(list(agreement.values()))) >= 0.75, agreement
     assert min(agreement.values()) >= 0.40, agreement

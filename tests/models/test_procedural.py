@@ -256,6 +256,12 @@ def _lip_row_and_mouth_columns(face: dict[str, float], res: int) -> tuple[float,
     return (1 + lip_v) * res / 2, slice(res // 2 - half, res // 2 + half)
 
 
+def _row_centroid(weights: torch.Tensor, first_row: int = 0) -> float:
+    """Weighted mean row of a [rows, cols] map whose first row is image row `first_row`."""
+    rows = torch.arange(first_row, first_row + weights.shape[0], dtype=torch.float32).view(-1, 1)
+    return float((weights * rows).sum() / weights.sum())
+
+
 def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
     """AU10 changes the face above the resting lip line (the upper lip goes up, upper teeth show)
     and leaves the lower lip where it was; AU16 (lower lip depressor) works below the line."""
@@ -264,11 +270,9 @@ def test_upper_lip_raiser_lifts_the_upper_lip_and_bares_the_teeth() -> None:
     with torch.no_grad():
         rgb = (model.render_expressions(ids, _one_au(["AU10", "AU16"]))[0] + 1) / 2     # [3, 3, H, W]
     lip_row, cols = _lip_row_and_mouth_columns(face, res)
-    rows = torch.arange(res, dtype=torch.float32).view(-1, 1)
 
     def centroid(i: int) -> float:
-        diff = (rgb[i] - rgb[0]).abs().sum(0)[:, cols]
-        return float((diff * rows).sum() / diff.sum())
+        return _row_centroid((rgb[i] - rgb[0]).abs().sum(0)[:, cols])
 
     def bluest_row_above_the_line(i: int) -> float:
         rows_rgb = rgb[i][:, round(lip_row) - 7:round(lip_row), cols].mean(2)              # [3, rows]
@@ -306,12 +310,10 @@ def test_lip_stretcher_pulls_the_corners_down_and_lip_tightener_narrows_the_mout
         rgb = (model.render_expressions(ids, _one_au(["AU20", "AU23"]))[0] + 1) / 2     # [3, 3, H, W]
     lip_row, cols = _lip_row_and_mouth_columns(face, res)
     line, mid, half = round(lip_row), res // 2, (cols.stop - cols.start) // 2
-    rows = torch.arange(res, dtype=torch.float32).view(-1, 1)
     change = (rgb[1] - rgb[0]).abs().sum(0)
 
     def centroid(c0: int, c1: int) -> float:
-        d = change[line - 15:line + 25, c0:c1]
-        return float((d * rows[line - 15:line + 25]).sum() / d.sum())
+        return _row_centroid(change[line - 15:line + 25, c0:c1], line - 15)
 
     drop = centroid(mid + 2 * half, mid + 4 * half) - centroid(mid - half, mid + half)
     assert drop > res / 80, drop                                                         # 4.7 px here
@@ -359,11 +361,9 @@ def test_nose_wrinkler_lowers_the_brows_and_leaves_the_lower_lip() -> None:
     r0, r1 = round((1 + brow_v - 0.06) * res / 2), round((1 + face["eye_height"]) * res / 2)
     ex = face["eye_spacing"]
     c0, c1 = round((1 + ex - 0.05) * res / 2), round((1 + ex + 0.05) * res / 2)
-    rows = torch.arange(r0, r1, dtype=torch.float32).view(-1, 1)
 
     def darkness_row(i: int) -> float:
-        dark = (1.0 - gray[i, r0:r1, c0:c1]).clamp(min=0.0) ** 4       # brows and lashes dominate
-        return float((dark * rows).sum() / dark.sum())
+        return _row_centroid((1.0 - gray[i, r0:r1, c0:c1]).clamp(min=0.0) ** 4, r0)  # brows, lashes dominate
 
     # 2.2 rows here; AU9 lowered the brows by 1.4 before they were pulled down onto the lids.
     assert darkness_row(1) > darkness_row(0) + 1.8, (darkness_row(0), darkness_row(1))
